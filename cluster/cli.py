@@ -1,0 +1,88 @@
+"""``slmfleet``: validate a fleet spec, print its placement plan, render deploy artifacts, or run it locally.
+
+Each subcommand lives in its own small function; a bad spec prints its report (no traceback) and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cluster.model_store import ModelSourceError
+from cluster.spec import load_spec
+from cluster.spec_errors import SpecError
+
+EXIT_USAGE = 2
+DEFAULT_SPEC = "fleet.yaml"
+
+
+def default_spec_path() -> str:
+    """``fleet.yaml`` in the working directory, else the default fleet shipped at the repository root."""
+    local = Path(DEFAULT_SPEC)
+    if local.is_file():
+        return str(local)
+    return str(Path(__file__).resolve().parent.parent / DEFAULT_SPEC)
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    print(
+        f"{args.spec}: ok ({len(spec.models)} models, {len(spec.specialists)} specialists, "
+        f"{len(spec.pipelines)} pipelines, {len(spec.pools)} pools)"
+    )
+    return 0
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from cluster.local_run import run_local  # imports Ray; keep `validate` and `plan` light
+
+    spec = load_spec(args.spec)
+    return run_local(
+        spec,
+        host=args.host,
+        port=args.port,
+        num_cpus=args.num_cpus,
+        num_gpus=args.num_gpus,
+        address=args.address,
+    )
+
+
+def _add_spec_argument(parser: argparse.ArgumentParser, positional: bool = False) -> None:
+    if positional:
+        parser.add_argument("spec", nargs="?", default=default_spec_path(), help="fleet spec YAML")
+    else:
+        parser.add_argument("--spec", default=default_spec_path(), help="fleet spec YAML (default: fleet.yaml)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slmfleet", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    validate = sub.add_parser("validate", help="check a fleet spec and exit 2 with a report when it is wrong")
+    _add_spec_argument(validate, positional=True)
+    validate.set_defaults(func=_cmd_validate)
+
+    up = sub.add_parser("up", help="deploy the fleet on a local Ray and serve HTTP until Ctrl-C")
+    _add_spec_argument(up)
+    up.add_argument("--host", default=None, help="override server.host")
+    up.add_argument("--port", type=int, default=None, help="override server.port")
+    up.add_argument("--num-cpus", type=int, default=8, help="logical CPUs of the local Ray (oversubscribed)")
+    up.add_argument("--num-gpus", type=float, default=0, help="logical GPUs of the local Ray")
+    up.add_argument("--address", default=None, help="join a running Ray cluster instead of starting one")
+    up.set_defaults(func=_cmd_up)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (SpecError, ModelSourceError) as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

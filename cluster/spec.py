@@ -1,0 +1,249 @@
+"""The fleet spec: one YAML file validated into typed models, the single source of truth.
+
+Every section is a pydantic model with ``extra="forbid"`` so a typo is an error, not a silently ignored key.
+Named things (models, specialists, pipelines, pools) are YAML mappings keyed by name, which gives error paths
+such as ``models.smol.max_model_len``. Loading goes through :func:`load_spec`, which turns every failure into a
+:class:`cluster.spec_errors.SpecError`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cluster.spec_errors import SpecError, SpecIssue, issues_from_validation_error, suggest
+
+NAME_PATTERN = r"^[a-z][a-z0-9-]{0,62}$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+DType = Literal["auto", "bfloat16", "float16", "float32"]
+
+
+class StrictModel(BaseModel):
+    """Base for every spec section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AutoscalingSpec(StrictModel):
+    """Replica bounds and the load each replica should carry; Ray Serve scales between the bounds."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    target_ongoing_requests: float = Field(4.0, gt=0)
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas}); "
+                "make max_replicas at least min_replicas"
+            )
+        return self
+
+
+class EngineSpec(StrictModel):
+    """vLLM engine knobs; the defaults fit a 2-core, 24 GiB machine without a GPU."""
+
+    enforce_eager: bool = True
+    gpu_memory_utilization: float | None = Field(
+        None,
+        gt=0,
+        le=0.95,
+        description="Fraction of accelerator memory (of host memory on the CPU backend). "
+        "Left empty, the placement plan derives it on GPUs and 0.15 is used on the CPU.",
+    )
+    max_num_batched_tokens: int | None = Field(None, gt=0)
+    seed: int = 0
+
+
+class ModelSpec(StrictModel):
+    """One set of weights served by one vLLM engine per replica."""
+
+    source: str = Field(min_length=1, description="bundled:<name>, a local HF folder, or a hub repo id")
+    tier: Literal["slm", "llm"] = "slm"
+    max_model_len: int = Field(2048, gt=0)
+    concurrent_seqs: int = Field(8, gt=0, description="sequences decoded together per replica (max_num_seqs)")
+    dtype: DType = "auto"
+    params_b: float | None = Field(None, gt=0, description="parameter count in billions, when not in config.json")
+    memory_gib: float | None = Field(None, gt=0, description="declared engine memory, overrides the estimate")
+    tensor_parallel: int | None = Field(None, ge=1)
+    pool: str | None = None
+    max_queued_requests: int = Field(
+        32, ge=1, description="requests waiting per replica beyond concurrent_seqs before a fast 503"
+    )
+    autoscaling: AutoscalingSpec = AutoscalingSpec()
+    engine: EngineSpec = EngineSpec()
+
+    @model_validator(mode="after")
+    def _llms_never_scale_to_zero(self) -> ModelSpec:
+        if self.tier == "llm" and self.autoscaling.min_replicas == 0:
+            raise ValueError(
+                "an llm-tier model is the escalation target and cannot scale to zero; "
+                "set autoscaling.min_replicas to 1 or more"
+            )
+        return self
+
+
+class OutputContract(StrictModel):
+    """What a specialist's output must look like; vLLM's structured outputs enforce it while decoding."""
+
+    json_schema: dict[str, Any] | None = None
+    choice: list[str] | None = Field(None, min_length=1)
+    regex: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> OutputContract:
+        given = [k for k in ("json_schema", "choice", "regex") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of json_schema, choice, regex (got {given or 'none'})")
+        return self
+
+    @field_validator("regex")
+    @classmethod
+    def _regex_compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"regex does not compile: {exc}") from None
+        return value
+
+    @field_validator("json_schema")
+    @classmethod
+    def _schema_is_object(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and "type" not in value and "properties" not in value and "enum" not in value:
+            raise ValueError("json_schema needs at least a 'type', 'properties' or 'enum' key")
+        return value
+
+
+class SamplingSpec(StrictModel):
+    """Default sampling for a specialist; a request may override temperature, top_p and max_tokens."""
+
+    temperature: float = Field(0.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(256, gt=0)
+
+
+class SpecialistSpec(StrictModel):
+    """A narrow skill bound to a model: instructions, an output contract and sampling defaults."""
+
+    model: str
+    description: str = ""
+    instructions: str = ""
+    output: OutputContract | None = None
+    sampling: SamplingSpec = SamplingSpec()
+
+
+class PoolSpec(StrictModel):
+    """A class of nodes with one accelerator type."""
+
+    accelerator: str = Field(min_length=1, description="e.g. L4, A10G, H100, or cpu")
+    gpus_per_node: int = Field(0, ge=0)
+    gpu_memory_gib: float = Field(0, ge=0)
+    min_nodes: int = Field(0, ge=0)
+    max_nodes: int = Field(1, ge=1)
+    price_per_gpu_hour: float | None = Field(None, ge=0)
+    tiers: list[Literal["slm", "llm"]] = Field(["slm"], min_length=1, description="which tiers may land here")
+
+    @model_validator(mode="after")
+    def _gpu_fields_agree(self) -> PoolSpec:
+        if self.gpus_per_node > 0 and self.gpu_memory_gib <= 0:
+            raise ValueError("a pool with GPUs needs gpu_memory_gib (memory of one GPU)")
+        if self.min_nodes > self.max_nodes:
+            raise ValueError(f"min_nodes ({self.min_nodes}) is above max_nodes ({self.max_nodes})")
+        return self
+
+
+class PipelineSpec(StrictModel):
+    """An agent workflow of steps (built out in the pipelines work; kept open-ended here)."""
+
+    description: str = ""
+    steps: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class ServerSpec(StrictModel):
+    """The router's HTTP front door."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    api_keys_env: str | None = Field(
+        None,
+        pattern=r"^[A-Z_][A-Z0-9_]*$",
+        description="environment variable holding comma-separated API keys; unset means open on loopback only",
+    )
+    request_timeout_s: float = Field(120.0, gt=0)
+    max_ongoing_requests: int = Field(256, ge=1, description="requests the router handles at once")
+    max_queued_requests: int = Field(256, ge=1, description="requests waiting at the router before a fast 503")
+
+
+class FleetSpec(StrictModel):
+    """The whole fleet."""
+
+    models: dict[Name, ModelSpec] = Field(min_length=1)
+    specialists: dict[Name, SpecialistSpec] = Field(default_factory=dict)
+    pipelines: dict[Name, PipelineSpec] = Field(default_factory=dict)
+    pools: dict[Name, PoolSpec] = Field(default_factory=dict)
+    server: ServerSpec = ServerSpec()
+
+    def served_names(self) -> list[str]:
+        """Every name a request's ``model`` field may carry."""
+        return [*self.models, *self.specialists]
+
+
+def check_references(spec: FleetSpec) -> list[SpecIssue]:
+    """Cross-field checks pydantic cannot express: names that must point at something that exists."""
+    issues: list[SpecIssue] = []
+    for name, specialist in spec.specialists.items():
+        if specialist.model not in spec.models:
+            issues.append(_unknown_ref(f"specialists.{name}.model", specialist.model, "model", list(spec.models)))
+        if name in spec.models:
+            issues.append(
+                SpecIssue(f"specialists.{name}", name, "a specialist has the same name as a model", "rename one")
+            )
+    for name, model in spec.models.items():
+        if model.pool is not None and model.pool not in spec.pools:
+            issues.append(_unknown_ref(f"models.{name}.pool", model.pool, "pool", list(spec.pools)))
+    return issues
+
+
+def _unknown_ref(path: str, value: str, kind: str, known: list[str]) -> SpecIssue:
+    fix = f"use one of the defined {kind}s: {', '.join(known) or '(none defined)'}"
+    hint = suggest(value, known)
+    if hint:
+        fix = f"did you mean '{hint}'? ({fix})"
+    return SpecIssue(path, value, f"no {kind} named '{value}'", fix)
+
+
+def parse_spec(data: Any, origin: str = "<spec>") -> FleetSpec:
+    """Validate already-parsed YAML data; raise :class:`SpecError` listing every problem found."""
+    if not isinstance(data, dict):
+        raise SpecError(origin, [SpecIssue("", data, "the spec must be a mapping", "start with 'models:'")])
+    try:
+        spec = FleetSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(origin, issues_from_validation_error(exc, FleetSpec)) from None
+    issues = check_references(spec)
+    if issues:
+        raise SpecError(origin, issues)
+    return spec
+
+
+def load_spec(path: str | Path) -> FleetSpec:
+    """Read and validate a fleet spec file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(str(path), [SpecIssue("", str(path), f"cannot read the file ({exc.strerror})", "")]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(str(path), [SpecIssue("", where, f"not valid YAML: {problem}", "fix the YAML syntax")]) from None
+    return parse_spec(data, str(path))

@@ -1,0 +1,72 @@
+"""What the router and the model deployments say to each other across Serve handles.
+
+Plain dataclasses that pickle cheaply. Failures travel as data (:class:`GenerationError`) rather than as raised
+exceptions, so the router maps them to HTTP statuses without guessing at wrapped Ray errors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+ErrorKind = Literal["bad_request", "context_length_exceeded", "overloaded", "engine_dead", "internal"]
+
+
+@dataclass(frozen=True)
+class Contract:
+    """An output contract for one call: exactly one of the three is set (or none for free text)."""
+
+    json_schema: dict[str, Any] | None = None
+    choice: tuple[str, ...] | None = None
+    regex: str | None = None
+
+    def is_empty(self) -> bool:
+        return self.json_schema is None and self.choice is None and self.regex is None
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One chat completion for a model deployment.
+
+    ``specialist`` names the specialist whose instructions, contract and sampling defaults apply; the explicit
+    fields override those defaults (None means "use the default").
+    """
+
+    request_id: str
+    messages: list[dict[str, Any]]
+    specialist: str | None = None
+    contract: Contract | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] | None = None
+    logprobs: bool = False
+
+
+@dataclass(frozen=True)
+class GenerationError:
+    """Why a generation did not happen; ``kind`` decides the HTTP status the router answers with."""
+
+    kind: ErrorKind
+    message: str
+
+
+@dataclass
+class GenerationResult:
+    """A finished generation (or the last chunk of a stream), with real token counts from the engine."""
+
+    model: str
+    text: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    mean_logprob: float | None = None
+    error: GenerationError | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StreamDelta:
+    """A piece of streamed text; the stream ends with a :class:`GenerationResult` holding usage."""
+
+    text: str
