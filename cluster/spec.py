@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cluster.pipeline_spec import PipelineSpec, ToolSpec, pipeline_issues
 from cluster.spec_errors import SpecError, SpecIssue, issues_from_validation_error, suggest
 
 NAME_PATTERN = r"^[a-z][a-z0-9-]{0,62}$"
@@ -74,6 +75,9 @@ class ModelSpec(StrictModel):
     pool: str | None = None
     max_queued_requests: int = Field(
         32, ge=1, description="requests waiting per replica beyond concurrent_seqs before a fast 503"
+    )
+    price_per_1k_tokens: float | None = Field(
+        None, ge=0, description="declared price; else derived from the pool's GPU-hour price (cluster/cost.py)"
     )
     autoscaling: AutoscalingSpec = AutoscalingSpec()
     engine: EngineSpec = EngineSpec()
@@ -158,13 +162,6 @@ class PoolSpec(StrictModel):
         return self
 
 
-class PipelineSpec(StrictModel):
-    """An agent workflow of steps (built out in the pipelines work; kept open-ended here)."""
-
-    description: str = ""
-    steps: list[dict[str, Any]] = Field(default_factory=list)
-
-
 class ServerSpec(StrictModel):
     """The router's HTTP front door."""
 
@@ -186,6 +183,7 @@ class FleetSpec(StrictModel):
     models: dict[Name, ModelSpec] = Field(min_length=1)
     specialists: dict[Name, SpecialistSpec] = Field(default_factory=dict)
     pipelines: dict[Name, PipelineSpec] = Field(default_factory=dict)
+    tools: dict[Name, ToolSpec] = Field(default_factory=dict)
     pools: dict[Name, PoolSpec] = Field(default_factory=dict)
     server: ServerSpec = ServerSpec()
 
@@ -207,6 +205,7 @@ def check_references(spec: FleetSpec) -> list[SpecIssue]:
     for name, model in spec.models.items():
         if model.pool is not None and model.pool not in spec.pools:
             issues.append(_unknown_ref(f"models.{name}.pool", model.pool, "pool", list(spec.pools)))
+    issues.extend(pipeline_issues(spec, _unknown_ref))
     return issues
 
 
