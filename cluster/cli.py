@@ -6,10 +6,13 @@ Each subcommand lives in its own small function; a bad spec prints its report (n
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
+from cluster.memory import read_model_config
 from cluster.model_store import ModelSourceError
+from cluster.placement import PlacementError, plan_fleet, render_plan
 from cluster.spec import load_spec
 from cluster.spec_errors import SpecError
 
@@ -31,6 +34,18 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         f"{args.spec}: ok ({len(spec.models)} models, {len(spec.specialists)} specialists, "
         f"{len(spec.pipelines)} pipelines, {len(spec.pools)} pools)"
     )
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    configs = {name: cfg for name, m in spec.models.items() if (cfg := read_model_config(m.source)) is not None}
+    try:
+        plan = plan_fleet(spec, configs)
+    except PlacementError as exc:
+        print(f"{args.spec}: cannot place the fleet: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps(plan.to_dict(), indent=2) if args.json else render_plan(plan))
     return 0
 
 
@@ -62,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a fleet spec and exit 2 with a report when it is wrong")
     _add_spec_argument(validate, positional=True)
     validate.set_defaults(func=_cmd_validate)
+
+    plan = sub.add_parser("plan", help="print the placement plan: pool, node, GPU, share and memory per replica")
+    _add_spec_argument(plan, positional=True)
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.set_defaults(func=_cmd_plan)
 
     up = sub.add_parser("up", help="deploy the fleet on a local Ray and serve HTTP until Ctrl-C")
     _add_spec_argument(up)
