@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 COMPLETE_MARKER = ".slmfleet-complete"
+# Bumped whenever the conversion's output changes, so caches of an older conversion are never reused.
+CONVERSION_FORMAT = "hf-fp32-v1"
 HUB_ID_PARTS = 2
 
 
@@ -86,7 +88,7 @@ def ensure_bundled(name: str, home: Path, convert: Converter | None = None) -> P
     if name not in BUNDLED:
         raise ModelSourceError(f"no bundled model '{name}'; bundled models: {', '.join(BUNDLED)}")
     models_dir = home / "models"
-    target = models_dir / name
+    target = models_dir / f"{name}.{CONVERSION_FORMAT}"
     if is_complete(target):
         return target
     models_dir.mkdir(parents=True, exist_ok=True)
@@ -98,6 +100,7 @@ def ensure_bundled(name: str, home: Path, convert: Converter | None = None) -> P
         try:
             (convert or convert_gguf_to_hf)(BUNDLED[name].gguf_path(), tmp)
             (tmp / COMPLETE_MARKER).write_text("ok\n")
+            tmp.chmod(0o755)  # mkdtemp makes it private; other users of the cache must read it
             _fsync_tree(tmp)
             os.rename(tmp, target)
         finally:
@@ -114,7 +117,7 @@ def _remove_leftovers(models_dir: Path, name: str) -> None:
     """Delete temporary folders of crashed conversions and an incomplete target (we hold the lock)."""
     for leftover in models_dir.glob(f".{name}.tmp-*"):
         shutil.rmtree(leftover, ignore_errors=True)
-    shutil.rmtree(models_dir / name, ignore_errors=True)
+    shutil.rmtree(models_dir / f"{name}.{CONVERSION_FORMAT}", ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -138,7 +141,9 @@ def convert_gguf_to_hf(gguf_path: Path, out_dir: Path) -> None:
     """Dequantize a GGUF checkpoint into an HF safetensors folder with tokenizer and chat template.
 
     transformers refuses to save a model it loaded from GGUF, so the weights are copied into a fresh model
-    built from the same config without the GGUF quantization marker.
+    built from the same config without the GGUF quantization marker. The weights stay float32: in bfloat16
+    this small model's greedy answers degenerate on vLLM's CPU backend (measured: a looping French ramble
+    instead of "The capital of France is Paris.").
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -149,8 +154,8 @@ def convert_gguf_to_hf(gguf_path: Path, out_dir: Path) -> None:
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    config.torch_dtype = torch.bfloat16
-    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    config.dtype = torch.float32
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     fresh.load_state_dict(loaded.state_dict())
     fresh.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)

@@ -244,5 +244,6 @@ def load_spec(path: str | Path) -> FleetSpec:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
         problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError(str(path), [SpecIssue("", where, f"not valid YAML: {problem}", "fix the YAML syntax")]) from None
+        issue = SpecIssue("", where, f"not valid YAML: {problem}", "fix the YAML syntax")
+        raise SpecError(str(path), [issue]) from None
     return parse_spec(data, str(path))

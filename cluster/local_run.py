@@ -1,0 +1,101 @@
+"""``slmfleet up``: a local Ray sized for a small machine, the fleet deployed on it, HTTP until Ctrl-C.
+
+Ray and Serve are imported here, inside the function that needs them, so the rest of ``cluster`` stays light.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import time
+
+from cluster.model_store import resolve_source
+from cluster.spec import FleetSpec
+from cluster.spec_errors import SpecError, SpecIssue
+
+
+def exposure_issues(spec: FleetSpec, host: str) -> list[SpecIssue]:
+    """Refuse to open the fleet beyond loopback without API keys, or to start with a named but empty key set."""
+    env = spec.server.api_keys_env
+    if env and not os.environ.get(env, "").strip():
+        return [
+            SpecIssue(
+                "server.api_keys_env",
+                env,
+                f"the environment variable {env} is unset or empty",
+                f"export {env}=<key1>,<key2> before starting, or remove server.api_keys_env",
+            )
+        ]
+    if not env and not _is_loopback(host):
+        return [
+            SpecIssue(
+                "server.host",
+                host,
+                "binding beyond loopback without API keys",
+                "set server.api_keys_env to a variable holding keys, or use host 127.0.0.1",
+            )
+        ]
+    return []
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run_local(
+    spec: FleetSpec, *, host: str | None, port: int | None, num_cpus: int, num_gpus: float, address: str | None
+) -> int:
+    import ray
+    from ray import serve
+
+    from deployments.app import APP_NAME, build_app
+
+    host = host or spec.server.host
+    port = port or spec.server.port
+    issues = exposure_issues(spec, host)
+    if issues:
+        raise SpecError("(server settings)", issues)
+    for model in spec.models.values():  # convert bundled weights once here, not in racing replicas
+        resolve_source(model.source)
+
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    if address:
+        ray.init(address=address)
+    else:
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False)
+    try:
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(build_app(spec), name=APP_NAME, route_prefix="/")
+        _print_ready(spec, host, port)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("\nslm-fleet: shutting down", flush=True)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return 0
+
+
+def _raise_interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _print_ready(spec: FleetSpec, host: str, port: int) -> None:
+    url = f"http://{host}:{port}"
+    name = next(iter(spec.specialists), next(iter(spec.models)))
+    auth = f' -H "Authorization: Bearer ${spec.server.api_keys_env}"' if spec.server.api_keys_env else ""
+    print(
+        f"\nslm-fleet is serving at {url}  (models: {', '.join(spec.served_names())})\n"
+        f"Try:\n  curl -s {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} \\\n"
+        f'    -d \'{{"model": "{name}", "messages": [{{"role": "user", '
+        f'"content": "Where is my order? It was due on Monday."}}]}}\'\n'
+        "Press Ctrl-C to stop.",
+        flush=True,
+    )

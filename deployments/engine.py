@@ -1,0 +1,130 @@
+"""The one place that talks to vLLM: start an ``AsyncLLM`` for a spec model and stream chat generations.
+
+Imported only inside model replicas (and benchmarks), never by ``cluster/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from vllm import SamplingParams
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.exceptions import VLLMClientError
+from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.engine.exceptions import EngineDeadError
+
+from cluster.spec import ModelSpec
+from deployments.chat_request import EngineCall
+
+log = logging.getLogger(__name__)
+CPU_DEFAULT_MEMORY_FRACTION = 0.15
+
+
+class PromptTooLongError(ValueError):
+    """The rendered prompt leaves no room for output within max_model_len."""
+
+
+def engine_args(model_path: str, model: ModelSpec, overrides: dict[str, Any] | None = None) -> AsyncEngineArgs:
+    """vLLM engine arguments from the spec, with the placement plan's overrides on top."""
+    options: dict[str, Any] = {
+        "model": model_path,
+        "max_model_len": model.max_model_len,
+        "max_num_seqs": model.concurrent_seqs,
+        "dtype": model.dtype,
+        "enforce_eager": model.engine.enforce_eager,
+        "gpu_memory_utilization": model.engine.gpu_memory_utilization or CPU_DEFAULT_MEMORY_FRACTION,
+        "seed": model.engine.seed,
+        "tensor_parallel_size": model.tensor_parallel or 1,
+        "disable_log_stats": True,
+    }
+    if model.engine.max_num_batched_tokens:
+        options["max_num_batched_tokens"] = model.engine.max_num_batched_tokens
+    options.update(overrides or {})
+    return AsyncEngineArgs(**options)
+
+
+@dataclass
+class GenerationTally:
+    """Running totals of one generation, filled from the engine's delta outputs."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    logprob_sum: float = 0.0
+    logprob_count: int = 0
+    finish_reason: str | None = None
+    text_parts: list[str] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.text_parts)
+
+    @property
+    def mean_logprob(self) -> float | None:
+        return self.logprob_sum / self.logprob_count if self.logprob_count else None
+
+
+class ChatEngine:
+    """A vLLM ``AsyncLLM`` with chat templating and length checks done up front."""
+
+    def __init__(self, engine: AsyncLLM, max_model_len: int) -> None:
+        self.engine = engine
+        self.max_model_len = max_model_len
+        self.tokenizer = engine.get_tokenizer()
+
+    @classmethod
+    def start(cls, model_path: str, model: ModelSpec, overrides: dict[str, Any] | None = None) -> ChatEngine:
+        args = engine_args(model_path, model, overrides)
+        return cls(AsyncLLM.from_engine_args(args), model.max_model_len)
+
+    def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    async def generate(self, call: EngineCall, tally: GenerationTally) -> AsyncIterator[str]:
+        """Yield text deltas while filling ``tally``; raises PromptTooLongError or vLLM's own errors."""
+        ids = self.prompt_ids(call.messages)
+        room = self.max_model_len - len(ids)
+        if room <= 0:
+            raise PromptTooLongError(
+                f"the prompt has {len(ids)} tokens; this model's context is {self.max_model_len} tokens"
+            )
+        params = self._sampling_params(call, room)
+        tally.prompt_tokens = len(ids)
+        stream = self.engine.generate({"prompt_token_ids": ids}, params, request_id=uuid.uuid4().hex)
+        async for output in stream:
+            choice = output.outputs[0]
+            tally.completion_tokens += len(choice.token_ids)
+            _add_logprobs(tally, choice)
+            if choice.finish_reason:
+                tally.finish_reason = choice.finish_reason
+            if choice.text:
+                tally.text_parts.append(choice.text)
+                yield choice.text
+
+    def _sampling_params(self, call: EngineCall, room: int) -> SamplingParams:
+        sampling = dict(call.sampling)
+        sampling["max_tokens"] = min(int(sampling.get("max_tokens") or room), room)
+        structured = StructuredOutputsParams(**call.structured) if call.structured else None
+        return SamplingParams(**sampling, structured_outputs=structured, output_kind=RequestOutputKind.DELTA)
+
+    async def check_health(self) -> None:
+        await self.engine.check_health()
+
+    def shutdown(self) -> None:
+        self.engine.shutdown()
+
+
+def _add_logprobs(tally: GenerationTally, choice: Any) -> None:
+    for token_id, position in zip(choice.token_ids, choice.logprobs or [], strict=False):
+        entry = position.get(token_id)
+        if entry is not None:
+            tally.logprob_sum += entry.logprob
+            tally.logprob_count += 1
+
+
+__all__ = ["ChatEngine", "EngineDeadError", "GenerationTally", "PromptTooLongError", "VLLMClientError"]

@@ -1,0 +1,83 @@
+"""The model deployment: one per spec model, each replica owning one vLLM engine.
+
+It serves every specialist of the fleet (instructions, contract, sampling defaults travel by name), so a step
+escalated from a small model to a large one keeps its contract. Failures come back as data
+(:class:`GenerationError`), and ``check_health`` fails once the engine is dead so Serve replaces the replica.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from cluster.model_store import resolve_source
+from cluster.spec import FleetSpec
+from deployments.chat_request import build_engine_call
+from deployments.protocol import GenerationError, GenerationRequest, GenerationResult, StreamDelta
+
+log = logging.getLogger(__name__)
+
+
+class ModelServer:
+    """Serve deployment class (options are applied by the app builder from the placement plan)."""
+
+    def __init__(self, model_name: str, spec: FleetSpec, engine_overrides: dict[str, Any] | None = None) -> None:
+        from deployments.engine import ChatEngine  # vLLM loads only inside the replica
+
+        self.model_name = model_name
+        self.spec = spec
+        model = spec.models[model_name]
+        self.engine = ChatEngine.start(resolve_source(model.source), model, engine_overrides)
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        """A whole completion in one answer."""
+        result = GenerationResult(model=self.model_name)
+        async for item in self.stream(request):
+            if isinstance(item, GenerationResult):
+                result = item
+        return result
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta | GenerationResult]:
+        """Text deltas, then one final :class:`GenerationResult` with usage (or an error)."""
+        from deployments.engine import EngineDeadError, GenerationTally, PromptTooLongError, VLLMClientError
+
+        specialist = self.spec.specialists.get(request.specialist) if request.specialist else None
+        tally = GenerationTally()
+        try:
+            async for text in self.engine.generate(build_engine_call(request, specialist), tally):
+                yield StreamDelta(text)
+        except PromptTooLongError as exc:
+            yield self._failed("context_length_exceeded", str(exc))
+            return
+        except VLLMClientError as exc:
+            yield self._failed("bad_request", str(exc))
+            return
+        except EngineDeadError as exc:
+            yield self._failed("engine_dead", f"the engine of model '{self.model_name}' died: {exc}")
+            return
+        yield GenerationResult(
+            model=self.model_name,
+            text=tally.text,
+            finish_reason=tally.finish_reason,
+            prompt_tokens=tally.prompt_tokens,
+            completion_tokens=tally.completion_tokens,
+            mean_logprob=tally.mean_logprob,
+        )
+
+    def _failed(self, kind: str, message: str) -> GenerationResult:
+        log.warning("model %s: %s: %s", self.model_name, kind, message)
+        return GenerationResult(model=self.model_name, error=GenerationError(kind, message))  # type: ignore[arg-type]
+
+    async def check_health(self) -> None:
+        """Called by Serve every few seconds; raising marks the replica unhealthy and Serve replaces it."""
+        await self.engine.check_health()
+
+    async def ping(self) -> str:
+        """Cheap reachability probe for the router's /healthz."""
+        return self.model_name
+
+    def __del__(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.shutdown()

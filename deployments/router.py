@@ -1,0 +1,102 @@
+"""The router deployment: Serve ingress for :func:`deployments.api.build_api` over real deployment handles.
+
+:class:`ServeBackend` turns Serve's failure modes into :class:`GenerationError` data: a full queue is
+``overloaded`` (503 + Retry-After), a replica that dies mid-request is retried once on another replica (Serve
+routes around the dead one) before it is reported as ``engine_dead``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI
+from ray import serve
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+from ray.serve.handle import DeploymentHandle
+
+from cluster.spec import FleetSpec
+from deployments.api import build_api
+from deployments.protocol import GenerationError, GenerationRequest, GenerationResult, StreamDelta
+
+log = logging.getLogger(__name__)
+REPLICA_LOST = (RayActorError, ActorDiedError, ActorUnavailableError, ReplicaUnavailableError)
+HEALTH_PROBE_TIMEOUT_S = 5.0
+RETRY_DELAY_S = 0.5
+
+
+def _failure(model: str, kind: str, message: str) -> GenerationResult:
+    return GenerationResult(model=model, error=GenerationError(kind, message))  # type: ignore[arg-type]
+
+
+class ServeBackend:
+    """Model calls over Serve handles, one handle per model deployment."""
+
+    def __init__(self, handles: dict[str, DeploymentHandle]) -> None:
+        self.handles = handles
+
+    async def complete(self, model: str, request: GenerationRequest) -> GenerationResult:
+        return await self._with_retry(model, lambda: self.handles[model].generate.remote(request))
+
+    async def stream(self, model: str, request: GenerationRequest) -> AsyncIterator[StreamDelta | GenerationResult]:
+        sent_any = False
+        for attempt in range(2):
+            try:
+                async for item in self.handles[model].options(stream=True).stream.remote(request):
+                    sent_any = True
+                    yield item
+                return
+            except BackPressureError as exc:
+                yield _failure(model, "overloaded", f"model '{model}' is at capacity: {exc}")
+                return
+            except (*REPLICA_LOST, DeploymentUnavailableError) as exc:
+                if sent_any or attempt == 1:  # part of the answer already left: a retry would repeat it
+                    yield _failure(model, "engine_dead", f"model '{model}' lost its replica: {exc}")
+                    return
+                await asyncio.sleep(RETRY_DELAY_S)
+
+    async def health(self) -> dict[str, bool]:
+        names = list(self.handles)
+        probes = [asyncio.wait_for(self.handles[n].ping.remote(), HEALTH_PROBE_TIMEOUT_S) for n in names]
+        results = await asyncio.gather(*probes, return_exceptions=True)
+        return {name: not isinstance(result, BaseException) for name, result in zip(names, results, strict=True)}
+
+    async def _with_retry(self, model: str, call: Callable[[], Awaitable[GenerationResult]]) -> GenerationResult:
+        for attempt in range(2):
+            try:
+                return await call()
+            except BackPressureError as exc:
+                return _failure(model, "overloaded", f"model '{model}' is at capacity: {exc}")
+            except (*REPLICA_LOST, DeploymentUnavailableError) as exc:
+                if attempt == 1:
+                    return _failure(model, "engine_dead", f"model '{model}' has no live replica: {exc}")
+                log.warning("model %s lost a replica mid-request; retrying once: %s", model, exc)
+                await asyncio.sleep(RETRY_DELAY_S)
+        raise AssertionError("unreachable")
+
+
+def api_keys_from_env(spec: FleetSpec) -> frozenset[str]:
+    """Keys from the environment variable the spec names (comma-separated); empty when none is named."""
+    if not spec.server.api_keys_env:
+        return frozenset()
+    raw = os.environ.get(spec.server.api_keys_env, "")
+    return frozenset(key.strip() for key in raw.split(",") if key.strip())
+
+
+@serve.ingress()
+class Router:
+    """HTTP ingress; the FastAPI app is built per replica from the spec and the model handles."""
+
+    def __init__(self, spec: FleetSpec, **handles: Any) -> None:
+        self.spec = spec
+        self.backend = ServeBackend(dict(handles))
+        self.api_keys = api_keys_from_env(spec)
+        if spec.server.api_keys_env and not self.api_keys:
+            raise RuntimeError(f"server.api_keys_env names {spec.server.api_keys_env}, which holds no keys")
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return build_api(self.spec, self.backend, self.api_keys)
