@@ -204,15 +204,18 @@ class PipelineSpec(_StrictModel):
 
     description: str = ""
     steps: dict[StepName, StepSpec] = Field(min_length=1)
-    output: str | None = Field(None, description="template of the final output; default the last step that ran")
+    output: Any = Field(
+        None, description="final output: a template, or a mapping of templates; default the last step that ran"
+    )
     escalation: EscalationPolicy = EscalationPolicy()
     step_timeout_s: float = Field(60.0, gt=0, le=3600, description="per model call, unless a step sets timeout_s")
 
     @field_validator("output")
     @classmethod
-    def _output_parses(cls, value: str | None) -> str | None:
-        if value is not None:
-            _reraise(TemplateError, lambda: Template.parse(value))
+    def _output_parses(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, dict | str):
+            raise ValueError("output is a template, or a mapping of templates")
+        _reraise(TemplateError, lambda: parse_value_templates(value))
         return value
 
     def policy_for(self, step: str) -> EscalationPolicy:
@@ -236,7 +239,7 @@ def pipeline_issues(spec: FleetSpec, unknown_ref: UnknownRef) -> list[SpecIssue]
             issues += _ref_issues(spec, pipeline, path, step.refs(), earlier=earlier, unknown_ref=unknown_ref)
             earlier.append(step_name)
         if pipeline.output is not None:
-            refs = (("output", ref) for ref in Template.parse(pipeline.output).refs())
+            refs = (("output", ref) for t in parse_value_templates(pipeline.output) for ref in t.refs())
             issues += _ref_issues(spec, pipeline, base, refs, earlier=earlier, unknown_ref=unknown_ref)
     return issues
 
