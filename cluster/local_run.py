@@ -64,7 +64,8 @@ def run_local(
     for model in spec.models.values():  # convert bundled weights once here, not in racing replicas
         resolve_source(model.source)
 
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # background shells start us with SIGINT ignored
+        signal.signal(sig, _raise_interrupt)
     if address:
         ray.init(address=address)
     else:

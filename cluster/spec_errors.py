@@ -70,7 +70,13 @@ def _problem(err: dict[str, Any]) -> str:
         return "unknown key"
     if err["type"] == "missing":
         return "required key is missing"
-    return str(err["msg"]).removeprefix("Value error, ")
+    return _value_error_parts(err)[0]
+
+
+def _value_error_parts(err: dict[str, Any]) -> tuple[str, str]:
+    """Our validators write "problem; fix" so both halves reach the report."""
+    problem, _, fix = str(err["msg"]).removeprefix("Value error, ").partition("; ")
+    return problem, fix
 
 
 def _fix(err: dict[str, Any], root: type[BaseModel], loc: list[Any]) -> str:
@@ -87,7 +93,7 @@ def _fix(err: dict[str, Any], root: type[BaseModel], loc: list[Any]) -> str:
     expected = (err.get("ctx") or {}).get("expected")
     if expected:
         return f"use one of {expected}"
-    return ""
+    return _value_error_parts(err)[1] if kind == "value_error" else ""
 
 
 def _fields_at(root: type[BaseModel], loc: list[Any]) -> list[str]:

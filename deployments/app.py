@@ -11,6 +11,9 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
+from cluster.deploy_options import deployment_options, engine_overrides
+from cluster.memory import read_model_config
+from cluster.placement import Plan, plan_fleet
 from cluster.spec import FleetSpec, load_spec
 from deployments.model_server import ModelServer
 from deployments.router import Router
@@ -25,27 +28,20 @@ def model_deployment_name(model: str) -> str:
     return f"model-{model}"
 
 
-def model_deployment_options(spec: FleetSpec, name: str) -> dict[str, Any]:
-    """Serve options for one model deployment: bounded queues, autoscaling bounds, health checks."""
-    model = spec.models[name]
-    scaling = model.autoscaling
-    options: dict[str, Any] = {
+def model_deployment_options(plan: Plan, spec: FleetSpec, name: str) -> dict[str, Any]:
+    """The plan's placement options for one model, plus its name and health-check cadence."""
+    return {
+        **deployment_options(plan, spec, name),
         "name": model_deployment_name(name),
-        "max_ongoing_requests": model.concurrent_seqs,
-        "max_queued_requests": model.max_queued_requests,
         "health_check_period_s": HEALTH_CHECK_PERIOD_S,
         "health_check_timeout_s": HEALTH_CHECK_TIMEOUT_S,
-        "ray_actor_options": {"num_cpus": 1, "num_gpus": 0},
     }
-    if scaling.min_replicas == scaling.max_replicas:
-        options["num_replicas"] = scaling.min_replicas
-    else:
-        options["autoscaling_config"] = {
-            "min_replicas": scaling.min_replicas,
-            "max_replicas": scaling.max_replicas,
-            "target_ongoing_requests": scaling.target_ongoing_requests,
-        }
-    return options
+
+
+def plan_for(spec: FleetSpec) -> Plan:
+    """The placement plan, sized from each model's config.json where the store already has it."""
+    configs = {name: cfg for name, m in spec.models.items() if (cfg := read_model_config(m.source)) is not None}
+    return plan_fleet(spec, configs)
 
 
 def router_deployment_options(spec: FleetSpec) -> dict[str, Any]:
@@ -57,10 +53,13 @@ def router_deployment_options(spec: FleetSpec) -> dict[str, Any]:
     }
 
 
-def build_app(spec: FleetSpec) -> Application:
-    """Router ingress bound to one model deployment per spec model."""
+def build_app(spec: FleetSpec, plan: Plan | None = None) -> Application:
+    """Router ingress bound to one model deployment per spec model, each placed as the plan says."""
+    plan = plan or plan_for(spec)
     handles = {
-        name: serve.deployment(ModelServer).options(**model_deployment_options(spec, name)).bind(name, spec)
+        name: serve.deployment(ModelServer)
+        .options(**model_deployment_options(plan, spec, name))
+        .bind(name, spec, engine_overrides(plan, name))
         for name in spec.models
     }
     router = serve.deployment(Router).options(**router_deployment_options(spec))

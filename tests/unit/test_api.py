@@ -1,0 +1,159 @@
+"""Router HTTP surface over a fake backend: request validation, error shapes, auth, streaming format."""
+
+import json
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from cluster.spec import load_spec
+from deployments.api import build_api
+from deployments.protocol import GenerationError, GenerationResult, StreamDelta
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEC = load_spec(ROOT / "fleet.yaml")
+HELLO = [{"role": "user", "content": "hi"}]
+
+
+class FakeBackend:
+    """Answers with scripted results and records what it was asked; not a real engine."""
+
+    def __init__(self, result: GenerationResult | None = None, pieces: tuple[str, ...] = ("Hel", "lo")) -> None:
+        self.result = result or GenerationResult(
+            model="smol", text="".join(pieces), finish_reason="stop", prompt_tokens=7, completion_tokens=2
+        )
+        self.pieces = pieces
+        self.calls = []
+
+    async def complete(self, model, request):
+        self.calls.append((model, request))
+        return self.result
+
+    async def stream(self, model, request):
+        self.calls.append((model, request))
+        if self.result.error is None:
+            for piece in self.pieces:
+                yield StreamDelta(piece)
+        yield self.result
+
+    async def health(self):
+        return {"smol": True}
+
+
+def client(backend=None, keys=frozenset()):
+    return TestClient(build_api(SPEC, backend or FakeBackend(), keys), raise_server_exceptions=False)
+
+
+def post(c, body, **kw):
+    return c.post("/v1/chat/completions", json=body, **kw)
+
+
+def assert_openai_error(resp, status, code=None):
+    assert resp.status_code == status, resp.text
+    err = resp.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    if code:
+        assert err["code"] == code
+    return err
+
+
+def test_specialist_name_routes_to_its_model_with_specialist_attached():
+    backend = FakeBackend()
+    resp = post(client(backend), {"model": "intent", "messages": HELLO})
+    assert resp.status_code == 200
+    model, request = backend.calls[0]
+    assert (model, request.specialist) == ("smol", "intent")
+    body = resp.json()
+    assert body["object"] == "chat.completion" and body["model"] == "intent"
+    assert body["usage"] == {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}
+
+
+def test_unknown_model_is_404_model_not_found():
+    err = assert_openai_error(post(client(), {"model": "gpt-9", "messages": HELLO}), 404, "model_not_found")
+    assert err["param"] == "model" and "intent" in err["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": "smol", "messages": []}, "messages"),
+        ({"model": "smol"}, "messages"),
+        ({"messages": HELLO}, "model"),
+        ({"model": "smol", "messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
+        ({"model": "smol", "messages": HELLO, "n": 2}, "n"),
+        ({"model": "smol", "messages": HELLO, "temperature": 9}, "temperature"),
+        ({"model": "smol", "messages": HELLO, "max_tokens": 0}, "max_tokens"),
+        ({"model": "smol", "messages": HELLO, "response_format": {"type": "json_schema"}}, "response_format"),
+    ],
+)
+def test_malformed_bodies_are_400_naming_the_field(body, param):
+    err = assert_openai_error(post(client(), body), 400, "invalid_request")
+    assert err["param"] == param
+
+
+def test_invalid_json_is_400_not_500():
+    resp = client().post("/v1/chat/completions", content=b"{nope", headers={"Content-Type": "application/json"})
+    assert_openai_error(resp, 400, "invalid_json")
+
+
+def test_unknown_route_is_404_in_openai_shape():
+    assert_openai_error(client().get("/v1/nothing"), 404)
+
+
+def test_response_format_json_schema_becomes_a_contract():
+    backend = FakeBackend()
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    body = {
+        "model": "smol",
+        "messages": HELLO,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
+    }
+    assert post(client(backend), body).status_code == 200
+    assert backend.calls[0][1].contract.json_schema == schema
+
+
+@pytest.mark.parametrize(
+    ("kind", "status"), [("context_length_exceeded", 400), ("overloaded", 503), ("engine_dead", 503)]
+)
+def test_generation_errors_map_to_statuses(kind, status):
+    backend = FakeBackend(GenerationResult(model="smol", error=GenerationError(kind, "nope")))
+    resp = post(client(backend), {"model": "smol", "messages": HELLO})
+    assert_openai_error(resp, status, kind)
+    if status == 503:
+        assert resp.headers["Retry-After"].isdigit()
+
+
+def test_stream_is_openai_sse_with_usage_and_done():
+    body = {"model": "smol", "messages": HELLO, "stream": True, "stream_options": {"include_usage": True}}
+    resp = post(client(), body)
+    assert resp.headers["content-type"].startswith("text/event-stream")
+    events = [line.removeprefix("data: ") for line in resp.text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text == "Hello"
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["usage"]["completion_tokens"] == 2
+
+
+def test_stream_error_before_first_token_is_a_plain_http_error():
+    backend = FakeBackend(GenerationResult(model="smol", error=GenerationError("overloaded", "full")))
+    resp = post(client(backend), {"model": "smol", "messages": HELLO, "stream": True})
+    assert_openai_error(resp, 503, "overloaded")
+
+
+def test_api_keys_required_when_configured_but_health_stays_open():
+    c = client(keys=frozenset({"k-123"}))
+    assert_openai_error(post(c, {"model": "smol", "messages": HELLO}), 401, "invalid_api_key")
+    wrong = post(c, {"model": "smol", "messages": HELLO}, headers={"Authorization": "Bearer nope"})
+    assert_openai_error(wrong, 401)
+    ok = post(c, {"model": "smol", "messages": HELLO}, headers={"Authorization": "Bearer k-123"})
+    assert ok.status_code == 200
+    assert c.get("/healthz").status_code == 200
+    assert c.get("/v1/models").status_code == 401
+
+
+def test_models_lists_models_and_specialists():
+    data = client().get("/v1/models").json()["data"]
+    kinds = {card["id"]: card["slmfleet"]["kind"] for card in data}
+    assert kinds == {"smol": "model", "intent": "specialist", "extract": "specialist", "summarize": "specialist"}
