@@ -26,6 +26,8 @@ from deployments.openai_api import (
     generation_error_response,
     usage,
 )
+from deployments.pipeline_routes import PIPELINE_PREFIX, add_pipeline_routes, chat_via_pipeline
+from deployments.pipeline_runner import PipelineRunner
 from deployments.protocol import GenerationError, GenerationRequest, GenerationResult, StreamDelta
 
 OPEN_PATHS = frozenset({"/healthz"})
@@ -50,13 +52,19 @@ def resolve_target(spec: FleetSpec, name: str) -> tuple[str, str | None] | None:
     return None
 
 
-def build_api(spec: FleetSpec, backend: ModelBackend, api_keys: frozenset[str] = frozenset()) -> FastAPI:
-    """The OpenAI-compatible app: chat completions, model list, health; API keys enforced when given."""
+def build_api(
+    spec: FleetSpec,
+    backend: ModelBackend,
+    api_keys: frozenset[str] = frozenset(),
+    runner: PipelineRunner | None = None,
+) -> FastAPI:
+    """The OpenAI-compatible app: chat completions, pipelines, model list, health; API keys enforced when given."""
     app = FastAPI(title="slm-fleet router", docs_url=None, redoc_url=None)
     _install_error_handlers(app)
     if api_keys:
         app.middleware("http")(_require_key(api_keys))
-    timeout_s = spec.server.request_timeout_s
+    if runner is not None:
+        add_pipeline_routes(app, runner)
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -70,26 +78,34 @@ def build_api(spec: FleetSpec, backend: ModelBackend, api_keys: frozenset[str] =
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest) -> Response:
-        target = resolve_target(spec, body.model)
-        if target is None:
-            known = ", ".join(spec.served_names())
-            return error_response(
-                404, f"The model '{body.model}' does not exist. Served: {known}", "model_not_found", "model"
-            )
-        model, specialist = target
-        request = body.to_generation(specialist)
-        if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return await _stream_response(backend.stream(model, request), request.request_id, body.model, include_usage)
-        try:
-            result = await asyncio.wait_for(backend.complete(model, request), timeout_s)
-        except TimeoutError:
-            return generation_error_response(GenerationError("timeout", f"no answer within {timeout_s:.0f} s"))  # type: ignore[arg-type]
-        if result.error is not None:
-            return generation_error_response(result.error)
-        return JSONResponse(completion_body(request.request_id, body.model, result))
+        if body.model.startswith(PIPELINE_PREFIX):
+            return await chat_via_pipeline(body, runner)
+        return await answer_chat(spec, backend, body)
 
     return app
+
+
+async def answer_chat(spec: FleetSpec, backend: ModelBackend, body: ChatCompletionRequest) -> Response:
+    """One chat completion on a model or specialist, plain or streamed."""
+    target = resolve_target(spec, body.model)
+    if target is None:
+        known = ", ".join(spec.served_names())
+        return error_response(
+            404, f"The model '{body.model}' does not exist. Served: {known}", "model_not_found", "model"
+        )
+    model, specialist = target
+    request = body.to_generation(specialist)
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return await _stream_response(backend.stream(model, request), request.request_id, body.model, include_usage)
+    timeout_s = spec.server.request_timeout_s
+    try:
+        result = await asyncio.wait_for(backend.complete(model, request), timeout_s)
+    except TimeoutError:
+        return generation_error_response(GenerationError("timeout", f"no answer within {timeout_s:.0f} s"))  # type: ignore[arg-type]
+    if result.error is not None:
+        return generation_error_response(result.error)
+    return JSONResponse(completion_body(request.request_id, body.model, result))
 
 
 def model_cards(spec: FleetSpec) -> list[dict[str, Any]]:
@@ -101,6 +117,10 @@ def model_cards(spec: FleetSpec) -> list[dict[str, Any]]:
     cards += [
         _card(name, {"kind": "specialist", "model": s.model, "description": s.description})
         for name, s in spec.specialists.items()
+    ]
+    cards += [
+        _card(f"{PIPELINE_PREFIX}{name}", {"kind": "pipeline", "description": p.description})
+        for name, p in spec.pipelines.items()
     ]
     return cards
 

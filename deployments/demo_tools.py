@@ -1,6 +1,6 @@
 """A small real tool for the demo pipeline: order status over an in-memory table.
 
-Registered in examples/pipelines.yaml as ``python: deployments.demo_tools:order_status``. An unknown order id
+Registered in fleet.yaml as ``python: deployments.demo_tools:order_status``. An unknown order id
 raises, on purpose: the pipeline result then shows a failing tool (``steps.lookup.error``) instead of hiding it.
 """
 

@@ -27,6 +27,7 @@ class ModelServer:
 
         self.model_name = model_name
         self.spec = spec
+        self.engine_overrides = dict(engine_overrides or {})
         model = spec.models[model_name]
         self.engine = ChatEngine.start(resolve_source(model.source), model, engine_overrides)
 
@@ -76,6 +77,14 @@ class ModelServer:
     async def ping(self) -> str:
         """Cheap reachability probe for the router's /healthz."""
         return self.model_name
+
+    async def placement(self) -> dict[str, Any]:
+        """Where this replica runs (node, GPU ids, Ray resources) and the memory fraction its engine really got."""
+        from deployments.placement_probe import replica_placement
+
+        info = replica_placement(self.model_name, self.engine_overrides)
+        info["gpu_memory_utilization"] = self.engine.engine.vllm_config.cache_config.gpu_memory_utilization
+        return info
 
     def __del__(self) -> None:
         engine = getattr(self, "engine", None)

@@ -21,7 +21,9 @@ from ray.serve.handle import DeploymentHandle
 
 from cluster.spec import FleetSpec
 from deployments.api import build_api
+from deployments.pipeline_runner import PipelineRunner
 from deployments.protocol import GenerationError, GenerationRequest, GenerationResult, StreamDelta
+from deployments.tools import ToolRegistry
 
 log = logging.getLogger(__name__)
 REPLICA_LOST = (RayActorError, ActorDiedError, ActorUnavailableError, ReplicaUnavailableError)
@@ -94,9 +96,10 @@ class Router:
     def __init__(self, spec: FleetSpec, **handles: Any) -> None:
         self.spec = spec
         self.backend = ServeBackend(dict(handles))
+        self.runner = PipelineRunner(spec, self.backend.complete, ToolRegistry.from_spec(spec))
         self.api_keys = api_keys_from_env(spec)
         if spec.server.api_keys_env and not self.api_keys:
             raise RuntimeError(f"server.api_keys_env names {spec.server.api_keys_env}, which holds no keys")
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return build_api(self.spec, self.backend, self.api_keys)
+        return build_api(self.spec, self.backend, self.api_keys, self.runner)

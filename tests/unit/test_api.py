@@ -8,6 +8,8 @@ from fastapi.testclient import TestClient
 
 from cluster.spec import load_spec
 from deployments.api import build_api
+from deployments.pipeline_runner import PipelineRunner
+from deployments.tools import ToolRegistry
 from deployments.protocol import GenerationError, GenerationResult, StreamDelta
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -153,7 +155,37 @@ def test_api_keys_required_when_configured_but_health_stays_open():
     assert c.get("/v1/models").status_code == 401
 
 
-def test_models_lists_models_and_specialists():
+def test_models_lists_models_specialists_and_pipelines():
     data = client().get("/v1/models").json()["data"]
     kinds = {card["id"]: card["slmfleet"]["kind"] for card in data}
-    assert kinds == {"smol": "model", "intent": "specialist", "extract": "specialist", "summarize": "specialist"}
+    assert kinds["smol"] == kinds["big"] == "model"
+    assert kinds["intent"] == kinds["extract"] == kinds["summarize"] == "specialist"
+    assert kinds["pipeline:support-triage"] == "pipeline"
+
+
+def pipeline_client(backend):
+    runner = PipelineRunner(SPEC, backend.complete, ToolRegistry.from_spec(SPEC))
+    return TestClient(build_api(SPEC, backend, runner=runner), raise_server_exceptions=False)
+
+
+def test_pipeline_run_endpoint_runs_steps_and_reports_them():
+    backend = FakeBackend(GenerationResult(model="smol", text="other", finish_reason="stop", completion_tokens=1))
+    resp = pipeline_client(backend).post("/v1/pipelines/support-triage/runs", json={"inputs": {"message": "hi"}})
+    assert resp.status_code == 200, resp.text
+    steps = {s["name"]: s["status"] for s in resp.json()["steps"]}
+    assert steps["classify"] == "ok" and steps["extract"] == "skipped"  # "other" is not an order intent
+    assert [m for m, _ in backend.calls][:1] == ["smol"]
+
+
+def test_unknown_pipeline_is_404_both_ways():
+    c = pipeline_client(FakeBackend())
+    assert_openai_error(c.post("/v1/pipelines/nope/runs", json={}), 404, "pipeline_not_found")
+    assert_openai_error(post(c, {"model": "pipeline:nope", "messages": HELLO}), 404, "model_not_found")
+
+
+def test_pipeline_as_chat_model_answers_in_openai_shape():
+    backend = FakeBackend(GenerationResult(model="smol", text="other", finish_reason="stop", completion_tokens=1))
+    body = post(pipeline_client(backend), {"model": "pipeline:support-triage", "messages": HELLO}).json()
+    assert body["object"] == "chat.completion"
+    assert body["choices"][0]["message"]["content"] == "other"  # the reply step's (fake) text
+    assert body["slmfleet"]["pipeline"] == "support-triage"

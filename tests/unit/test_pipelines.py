@@ -18,7 +18,7 @@ from deployments.protocol import Contract, GenerationError, GenerationRequest, G
 from deployments.tools import ToolRegistry
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE = ROOT / "examples" / "pipelines.yaml"
+EXAMPLE = ROOT / "fleet.yaml"
 DEMO = yaml.safe_load(EXAMPLE.read_text())
 HANG = object()  # scripted answer: never reply (exercises the step timeout)
 PROMPT_TOKENS, COMPLETION_TOKENS = 100, 10

@@ -83,9 +83,10 @@ def test_share_rounds_up_never_down():
 
 def test_default_local_fleet_plans_on_the_cpu():
     plan = plan_fleet(load_spec(ROOT / "fleet.yaml"))
-    (smol,) = plan.models
-    assert (smol.pool, smol.kind, smol.share, smol.gpu_memory_utilization) == ("local", "cpu", 0.0, 0.15)
-    assert [r.gpus for r in plan.replicas] == [()]
+    for placement in plan.models:
+        assert (placement.pool, placement.kind, placement.share) == ("local", "cpu", 0.0)
+        assert placement.gpu_memory_utilization == 0.15
+    assert [r.gpus for r in plan.replicas] == [(), ()]
     assert plan.pools == ()
     assert "local CPU placement" in render_plan(plan)
 

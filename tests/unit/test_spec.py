@@ -21,7 +21,7 @@ def issues_of(data):
     return caught.value.issues
 
 
-def test_default_fleet_loads_with_three_specialists_of_each_contract_kind():
+def test_default_fleet_loads_with_specialists_of_each_contract_kind():
     spec = load_spec(ROOT / "fleet.yaml")
     assert spec.models["smol"].source == "bundled:smollm2-135m-instruct"
     kinds = {name: s.output for name, s in spec.specialists.items()}
@@ -133,7 +133,7 @@ def test_cli_validates_the_default_fleet(tmp_path):
         text=True,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "3 specialists" in proc.stdout
+    assert "2 models, 5 specialists, 1 pipelines" in proc.stdout
 
 
 def test_report_text_is_readable():
