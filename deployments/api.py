@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from opentelemetry import trace
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cluster.spec import FleetSpec
@@ -26,11 +27,12 @@ from deployments.openai_api import (
     generation_error_response,
     usage,
 )
-from deployments.pipeline_routes import PIPELINE_PREFIX, add_pipeline_routes, chat_via_pipeline
+from deployments.pipeline_routes import PIPELINE_PREFIX, RunObserver, add_pipeline_routes, chat_via_pipeline
 from deployments.pipeline_runner import PipelineRunner
 from deployments.protocol import GenerationError, GenerationRequest, GenerationResult, StreamDelta
 
 OPEN_PATHS = frozenset({"/healthz"})
+TRACER = trace.get_tracer("slmfleet.router")
 
 
 class ModelBackend(Protocol):
@@ -57,14 +59,16 @@ def build_api(
     backend: ModelBackend,
     api_keys: frozenset[str] = frozenset(),
     runner: PipelineRunner | None = None,
+    on_run: RunObserver | None = None,
 ) -> FastAPI:
     """The OpenAI-compatible app: chat completions, pipelines, model list, health; API keys enforced when given."""
     app = FastAPI(title="slm-fleet router", docs_url=None, redoc_url=None)
     _install_error_handlers(app)
     if api_keys:
         app.middleware("http")(_require_key(api_keys))
+    app.middleware("http")(_trace_request)
     if runner is not None:
-        add_pipeline_routes(app, runner)
+        add_pipeline_routes(app, runner, on_run)
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -79,7 +83,7 @@ def build_api(
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest) -> Response:
         if body.model.startswith(PIPELINE_PREFIX):
-            return await chat_via_pipeline(body, runner)
+            return await chat_via_pipeline(body, runner, on_run)
         return await answer_chat(spec, backend, body)
 
     return app
@@ -157,6 +161,15 @@ async def _stream_response(
 
 def _sse(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
+
+
+async def _trace_request(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    """One trace per request: the root span every pipeline, step and model span hangs under."""
+    name = f"{request.method} {request.url.path}"
+    with TRACER.start_as_current_span(name, kind=trace.SpanKind.SERVER) as span:
+        response = await call_next(request)
+        span.set_attribute("http.status_code", response.status_code)
+        return response
 
 
 def _require_key(

@@ -11,12 +11,16 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+from opentelemetry import trace
+
 from cluster.model_store import resolve_source
 from cluster.spec import FleetSpec
 from deployments.chat_request import build_engine_call
 from deployments.protocol import GenerationError, GenerationRequest, GenerationResult, StreamDelta
+from deployments.telemetry import configure_tracing, context_from_carrier
 
 log = logging.getLogger(__name__)
+TRACER = trace.get_tracer("slmfleet.model_server")
 
 
 class ModelServer:
@@ -25,6 +29,7 @@ class ModelServer:
     def __init__(self, model_name: str, spec: FleetSpec, engine_overrides: dict[str, Any] | None = None) -> None:
         from deployments.engine import ChatEngine  # vLLM loads only inside the replica
 
+        configure_tracing(f"slmfleet-model-{model_name}")
         self.model_name = model_name
         self.spec = spec
         self.engine_overrides = dict(engine_overrides or {})
@@ -40,7 +45,17 @@ class ModelServer:
         return result
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta | GenerationResult]:
-        """Text deltas, then one final :class:`GenerationResult` with usage (or an error)."""
+        """Text deltas, then one final :class:`GenerationResult` with usage (or an error), in the caller's trace."""
+        attributes = {"slmfleet.model": self.model_name, "slmfleet.specialist": request.specialist or ""}
+        parent = context_from_carrier(request.trace_context)
+        with TRACER.start_as_current_span("engine.generate", context=parent, attributes=attributes) as span:
+            async for item in self._stream(request):
+                if isinstance(item, GenerationResult):
+                    span.set_attribute("slmfleet.tokens_in", item.prompt_tokens)
+                    span.set_attribute("slmfleet.tokens_out", item.completion_tokens)
+                yield item
+
+    async def _stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta | GenerationResult]:
         from deployments.engine import EngineDeadError, GenerationTally, PromptTooLongError, VLLMClientError
 
         specialist = self.spec.specialists.get(request.specialist) if request.specialist else None

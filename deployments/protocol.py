@@ -41,6 +41,7 @@ class GenerationRequest:
     top_p: float | None = None
     stop: list[str] | None = None
     logprobs: bool = False
+    trace_context: dict[str, str] | None = None  # W3C trace headers, so the model's span joins the caller's trace
 
 
 @dataclass(frozen=True)

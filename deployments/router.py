@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from fastapi import FastAPI
@@ -19,10 +20,14 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
+from cluster.cost import PriceBook, llm_reference_model
 from cluster.spec import FleetSpec
 from deployments.api import build_api
+from deployments.metrics import FleetMetrics
+from deployments.pipeline_routes import CURRENT_PIPELINE
 from deployments.pipeline_runner import PipelineRunner
 from deployments.protocol import GenerationError, GenerationRequest, GenerationResult, StreamDelta
+from deployments.telemetry import configure_tracing, current_context_carrier
 from deployments.tools import ToolRegistry
 
 log = logging.getLogger(__name__)
@@ -36,15 +41,30 @@ def _failure(model: str, kind: str, message: str) -> GenerationResult:
 
 
 class ServeBackend:
-    """Model calls over Serve handles, one handle per model deployment."""
+    """Model calls over Serve handles, one handle per model deployment, counted in the fleet's metrics."""
 
-    def __init__(self, handles: dict[str, DeploymentHandle]) -> None:
+    def __init__(self, handles: dict[str, DeploymentHandle], metrics: FleetMetrics | None = None) -> None:
         self.handles = handles
+        self.metrics = metrics
 
     async def complete(self, model: str, request: GenerationRequest) -> GenerationResult:
-        return await self._with_retry(model, lambda: self.handles[model].generate.remote(request))
+        request = replace(request, trace_context=current_context_carrier())
+        result = await self._with_retry(model, lambda: self.handles[model].generate.remote(request))
+        self._count(model, request, result)
+        return result
 
     async def stream(self, model: str, request: GenerationRequest) -> AsyncIterator[StreamDelta | GenerationResult]:
+        request = replace(request, trace_context=current_context_carrier())
+        async for item in self._stream(model, request):
+            if isinstance(item, GenerationResult):
+                self._count(model, request, item)
+            yield item
+
+    def _count(self, model: str, request: GenerationRequest, result: GenerationResult) -> None:
+        if self.metrics is not None and result.error is None:
+            self.metrics.record_call(model, request, result, CURRENT_PIPELINE.get())
+
+    async def _stream(self, model: str, request: GenerationRequest) -> AsyncIterator[StreamDelta | GenerationResult]:
         sent_any = False
         for attempt in range(2):
             try:
@@ -94,12 +114,15 @@ class Router:
     """HTTP ingress; the FastAPI app is built per replica from the spec and the model handles."""
 
     def __init__(self, spec: FleetSpec, **handles: Any) -> None:
+        configure_tracing("slmfleet-router")
         self.spec = spec
-        self.backend = ServeBackend(dict(handles))
-        self.runner = PipelineRunner(spec, self.backend.complete, ToolRegistry.from_spec(spec))
+        prices = PriceBook.from_spec(spec)
+        self.metrics = FleetMetrics(prices, llm_reference_model(spec))
+        self.backend = ServeBackend(dict(handles), self.metrics)
+        self.runner = PipelineRunner(spec, self.backend.complete, ToolRegistry.from_spec(spec), prices=prices)
         self.api_keys = api_keys_from_env(spec)
         if spec.server.api_keys_env and not self.api_keys:
             raise RuntimeError(f"server.api_keys_env names {spec.server.api_keys_env}, which holds no keys")
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return build_api(self.spec, self.backend, self.api_keys, self.runner)
+        return build_api(self.spec, self.backend, self.api_keys, self.runner, self.metrics.record_run)

@@ -1,0 +1,50 @@
+"""Serving metrics through Ray's metrics API, scraped as Prometheus from each node's metrics export port.
+
+Ray prefixes every name with ``ray_``: ``ray_slmfleet_tokens_total{model,specialist,pipeline,direction}``,
+``ray_slmfleet_cost_total`` and ``ray_slmfleet_llm_counterfactual_cost_total`` (same tags),
+``ray_slmfleet_pipeline_runs_total{pipeline,status}``, ``ray_slmfleet_escalations_total{pipeline,step,reason}``.
+"""
+
+from __future__ import annotations
+
+from ray.util.metrics import Counter
+
+from cluster.cost import PriceBook
+from deployments.pipeline_result import PipelineResult
+from deployments.protocol import GenerationRequest, GenerationResult
+
+CALL_TAGS = ("model", "specialist", "pipeline", "direction")
+
+
+class FleetMetrics:
+    """Counters one router replica updates after every model call and pipeline run."""
+
+    def __init__(self, prices: PriceBook, llm_model: str | None) -> None:
+        self.prices = prices
+        self.llm_model = llm_model
+        self.tokens = Counter("slmfleet_tokens", "Tokens processed", tag_keys=CALL_TAGS)
+        self.cost = Counter("slmfleet_cost", "Cost of model calls (price units)", tag_keys=CALL_TAGS[:3])
+        self.counterfactual = Counter(
+            "slmfleet_llm_counterfactual_cost", "Cost had the LLM tier served the same tokens", tag_keys=CALL_TAGS[:3]
+        )
+        self.runs = Counter("slmfleet_pipeline_runs", "Pipeline runs", tag_keys=("pipeline", "status"))
+        self.escalations = Counter(
+            "slmfleet_escalations", "Steps re-run on the LLM tier", tag_keys=("pipeline", "step", "reason")
+        )
+
+    def record_call(self, model: str, request: GenerationRequest, result: GenerationResult, pipeline: str) -> None:
+        tags = {"model": model, "specialist": request.specialist or "", "pipeline": pipeline}
+        self.tokens.inc(result.prompt_tokens, {**tags, "direction": "in"})
+        self.tokens.inc(result.completion_tokens, {**tags, "direction": "out"})
+        total = result.prompt_tokens + result.completion_tokens
+        if (cost := self.prices.cost(model, total)) is not None:
+            self.cost.inc(cost, tags)
+        if self.llm_model and (llm_cost := self.prices.cost(self.llm_model, total)) is not None:
+            self.counterfactual.inc(llm_cost, tags)
+
+    def record_run(self, result: PipelineResult) -> None:
+        self.runs.inc(1, {"pipeline": result.pipeline, "status": result.status})
+        for step in result.steps:
+            for escalation in step.escalations:
+                tags = {"pipeline": result.pipeline, "step": step.name, "reason": escalation.reason}
+                self.escalations.inc(1, tags)
