@@ -10,9 +10,11 @@ import json
 import sys
 from pathlib import Path
 
+from cluster import render
 from cluster.memory import read_model_config
 from cluster.model_store import ModelSourceError
 from cluster.placement import PlacementError, plan_fleet, render_plan
+from cluster.render.common import RenderError
 from cluster.spec import load_spec
 from cluster.spec_errors import SpecError
 
@@ -60,7 +62,19 @@ def _cmd_up(args: argparse.Namespace) -> int:
         num_cpus=args.num_cpus,
         num_gpus=args.num_gpus,
         address=args.address,
+        metrics_port=args.metrics_port,
     )
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    for path, text in render.render_files(args.kind, args.spec, args.output).items():
+        if path is None:
+            sys.stdout.write(text)
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
 
 
 def _add_spec_argument(parser: argparse.ArgumentParser, positional: bool = False) -> None:
@@ -90,7 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--num-cpus", type=int, default=8, help="logical CPUs of the local Ray (oversubscribed)")
     up.add_argument("--num-gpus", type=float, default=0, help="logical GPUs of the local Ray")
     up.add_argument("--address", default=None, help="join a running Ray cluster instead of starting one")
+    up.add_argument("--metrics-port", type=int, default=None, help="Prometheus port of the local Ray's metrics")
     up.set_defaults(func=_cmd_up)
+
+    render_cmd = sub.add_parser(
+        "render", help="render deploy artifacts: a Serve config, KubeRay manifests (k8s/), or ray-cluster.yaml"
+    )
+    render_cmd.add_argument("kind", choices=render.KINDS, help="serve: Serve config; k8s: a directory; ray-cluster")
+    _add_spec_argument(render_cmd, positional=True)
+    render_cmd.add_argument(
+        "-o", "--output", default=None, help="file to write (k8s: directory, default k8s/); default stdout"
+    )
+    render_cmd.set_defaults(func=_cmd_render)
 
     return parser
 
@@ -99,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (SpecError, ModelSourceError) as exc:
+    except (SpecError, ModelSourceError, PlacementError, RenderError) as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
 

@@ -14,7 +14,7 @@ from ray.serve import Application
 from cluster.deploy_options import deployment_options, engine_overrides
 from cluster.memory import read_model_config
 from cluster.placement import Plan, plan_fleet
-from cluster.spec import FleetSpec, load_spec
+from cluster.spec import FleetSpec, load_spec, parse_spec
 from deployments.model_server import ModelServer
 from deployments.router import Router
 
@@ -66,8 +66,21 @@ def build_app(spec: FleetSpec, plan: Plan | None = None) -> Application:
     return router.bind(spec, **handles)
 
 
-def app(args: dict[str, str]) -> Application:
-    """Entry point for ``serve run deployments.app:app fleet=PATH``."""
+def app(args: dict[str, Any]) -> Application:
+    """Entry point for ``serve run deployments.app:app fleet=PATH`` and for rendered Serve configs.
+
+    A rendered config (``slmfleet render serve``) carries the spec inline as ``args: {spec: {...}}``, so the
+    cluster needs no spec file; it is validated exactly like a file.
+    """
+    return build_app(spec_from_args(args))
+
+
+def spec_from_args(args: dict[str, Any]) -> FleetSpec:
+    """``spec`` (an inline mapping) or ``fleet`` (a path, default fleet.yaml); giving both is a mistake."""
+    if "spec" in args:
+        if "fleet" in args:
+            raise ValueError("give the app either 'spec' (inline) or 'fleet' (a path), not both")
+        return parse_spec(args["spec"], "<serve config: applications[].args.spec>")
     from cluster.cli import default_spec_path
 
-    return build_app(load_spec(args.get("fleet") or default_spec_path()))
+    return load_spec(args.get("fleet") or default_spec_path())

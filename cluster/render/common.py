@@ -1,0 +1,89 @@
+"""Shared pieces of the renderers: the plan as ``serve run`` would compute it, names, headers and YAML output.
+
+Everything rendered must be byte-for-byte reproducible (the committed ``k8s/`` and ``ray-cluster.yaml`` are
+drift-checked), so YAML is written with insertion-ordered keys built in a fixed order, no anchors, and block
+literals for multi-line strings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cluster.memory import read_model_config
+from cluster.placement import Plan, plan_fleet
+from cluster.spec import FleetSpec
+
+# Names the Serve app builder uses (deployments/app.py); repeated here because `cluster` never imports
+# `deployments`. tests/unit/test_render.py checks that both sides agree.
+APP_NAME = "slmfleet"
+APP_IMPORT_PATH = "deployments.app:app"
+ROUTER_DEPLOYMENT = "router"
+ROUTER_NUM_CPUS = 0.5
+HEALTH_CHECK_PERIOD_S = 5
+HEALTH_CHECK_TIMEOUT_S = 30
+
+RAY_VERSION = "2.60.0"
+PYTHON_TAG = "py311"
+
+
+class RenderError(ValueError):
+    """A spec the renderers cannot express (e.g. an accelerator with no known instance type)."""
+
+
+def model_deployment_name(model: str) -> str:
+    return f"model-{model}"
+
+
+def plan_spec(spec: FleetSpec) -> Plan:
+    """The plan ``slmfleet plan`` prints and the app builder computes: sized from config.json files found here."""
+    configs = {name: cfg for name, m in spec.models.items() if (cfg := read_model_config(m.source)) is not None}
+    return plan_fleet(spec, configs)
+
+
+def display_path(path: str | Path) -> str:
+    """The spec path as written in headers: relative to the working directory when inside it, so renders of
+    the same file from the repository root are identical on every machine."""
+    resolved = Path(path).resolve()
+    try:
+        return resolved.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return Path(path).as_posix()
+
+
+def header(command: str, source: str, note: str = "") -> str:
+    """The comment at the top of every generated file: where it came from and how to regenerate it."""
+    lines = [
+        f"# GENERATED FILE, do not edit by hand. Source: {source}",
+        f"# Re-render after changing the spec: {command}  (tests/unit/test_render.py checks for drift)",
+    ]
+    if note:
+        lines.extend(f"# {line}" if line else "#" for line in note.splitlines())
+    return "\n".join(lines) + "\n"
+
+
+class _Dumper(yaml.SafeDumper):
+    """Safe YAML without anchors (shared dicts would become ``&id001``) and with block literals for text."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
+def dump_yaml(data: Any) -> str:
+    """YAML text with keys in the order the renderer built them."""
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=120, allow_unicode=True)
+
+
+def dump_documents(documents: list[Any]) -> str:
+    """Several YAML documents in one file, separated by ``---``."""
+    return "---\n".join(dump_yaml(doc) for doc in documents)

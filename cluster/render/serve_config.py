@@ -1,0 +1,86 @@
+"""Spec + plan -> a Ray Serve config file (``serve run FILE``, ``serve deploy FILE``, RayService serveConfigV2).
+
+The application's ``args`` carry the whole spec inline, so a cluster needs no spec file: the app builder
+(``deployments.app:app``) validates it with :func:`cluster.spec.parse_spec`. The ``deployments`` list repeats each
+deployment's plan options (GPU share, pool resource, placement group, autoscaling, queue bounds): Serve applies
+config options over the code's, so what runs is what this file says, and a reader sees the plan without Ray.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cluster.deploy_options import deployment_options
+from cluster.placement import Plan
+from cluster.render.common import (
+    APP_IMPORT_PATH,
+    APP_NAME,
+    HEALTH_CHECK_PERIOD_S,
+    HEALTH_CHECK_TIMEOUT_S,
+    ROUTER_DEPLOYMENT,
+    ROUTER_NUM_CPUS,
+    dump_yaml,
+    header,
+    model_deployment_name,
+)
+from cluster.spec import FleetSpec
+
+# Order of a deployment's keys in the file: name first, then what a reader looks for.
+_DEPLOYMENT_KEYS = (
+    "name",
+    "ray_actor_options",
+    "placement_group_bundles",
+    "placement_group_strategy",
+    "autoscaling_config",
+    "max_ongoing_requests",
+    "max_queued_requests",
+    "health_check_period_s",
+    "health_check_timeout_s",
+)
+
+
+def spec_mapping(spec: FleetSpec) -> dict[str, Any]:
+    """The spec as plain data, only the keys the author set: ``parse_spec`` of it gives back the same spec."""
+    return spec.model_dump(mode="json", exclude_unset=True)
+
+
+def model_deployment(plan: Plan, spec: FleetSpec, model: str) -> dict[str, Any]:
+    """One model's deployment entry: the plan's options plus the name and health-check cadence of the app."""
+    options = {
+        **deployment_options(plan, spec, model),
+        "name": model_deployment_name(model),
+        "health_check_period_s": HEALTH_CHECK_PERIOD_S,
+        "health_check_timeout_s": HEALTH_CHECK_TIMEOUT_S,
+    }
+    return {key: options[key] for key in _DEPLOYMENT_KEYS if key in options}
+
+
+def router_deployment(spec: FleetSpec) -> dict[str, Any]:
+    """The HTTP ingress: bounded by the spec's server limits, half a CPU, no GPU, no pool (it may land anywhere)."""
+    return {
+        "name": ROUTER_DEPLOYMENT,
+        "ray_actor_options": {"num_cpus": ROUTER_NUM_CPUS},
+        "max_ongoing_requests": spec.server.max_ongoing_requests,
+        "max_queued_requests": spec.server.max_queued_requests,
+    }
+
+
+def build_serve_config(spec: FleetSpec, plan: Plan) -> dict[str, Any]:
+    """The Serve config as data (validated against ``ray.serve.schema.ServeDeploySchema`` in the tests)."""
+    application = {
+        "name": APP_NAME,
+        "route_prefix": "/",
+        "import_path": APP_IMPORT_PATH,
+        "args": {"spec": spec_mapping(spec)},
+        "deployments": [*(model_deployment(plan, spec, name) for name in spec.models), router_deployment(spec)],
+    }
+    return {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": spec.server.host, "port": spec.server.port},
+        "applications": [application],
+    }
+
+
+def serve_config_text(spec: FleetSpec, plan: Plan, source: str, command: str) -> str:
+    """The Serve config file with its generated-file header."""
+    return header(command, source) + dump_yaml(build_serve_config(spec, plan))
