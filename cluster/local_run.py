@@ -49,7 +49,14 @@ def _is_loopback(host: str) -> bool:
 
 
 def run_local(
-    spec: FleetSpec, *, host: str | None, port: int | None, num_cpus: int, num_gpus: float, address: str | None
+    spec: FleetSpec,
+    *,
+    host: str | None,
+    port: int | None,
+    num_cpus: int,
+    num_gpus: float,
+    address: str | None,
+    metrics_port: int | None = None,
 ) -> int:
     import ray
     from ray import serve
@@ -64,12 +71,19 @@ def run_local(
     for model in spec.models.values():  # convert bundled weights once here, not in racing replicas
         resolve_source(model.source)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):  # background shells start us with SIGINT ignored
-        signal.signal(sig, _raise_interrupt)
     if address:
         ray.init(address=address)
     else:
-        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False)
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            include_dashboard=False,
+            _metrics_export_port=metrics_port,
+        )
+    # after ray.init, which installs a SIGTERM handler of its own; background shells start us with SIGINT ignored
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _raise_interrupt)
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(build_app(spec), name=APP_NAME, route_prefix="/")

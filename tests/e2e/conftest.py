@@ -3,6 +3,7 @@
 Package-scoped so its engines (about 3 GB each) are gone before the next tier starts.
 """
 
+import copy
 import os
 import signal
 import socket
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from openai import OpenAI
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,6 +33,7 @@ class Fleet:
 
     def __init__(self, url: str, log: Path, trace_file: Path, proc: subprocess.Popen) -> None:
         self.url, self.log, self.trace_file, self.proc = url, log, trace_file, proc
+        self.metrics_url = ""
 
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -50,16 +53,32 @@ def wait_until_healthy(fleet: Fleet) -> None:
     pytest.fail(f"the fleet did not become healthy in {START_TIMEOUT_S} s:\n{fleet.log_tail()}")
 
 
+def e2e_spec(path: Path) -> Path:
+    """The default fleet plus two test pipelines: the demo forced to escalate, and a lookup of a given order."""
+    spec = yaml.safe_load((ROOT / "fleet.yaml").read_text())
+    demo = copy.deepcopy(spec["pipelines"]["support-triage"])
+    demo["escalation"]["min_confidence"] = 1.0  # no answer is that sure: every model step escalates
+    spec["pipelines"]["triage-always-escalate"] = demo
+    spec["pipelines"]["lookup-order"] = {
+        "steps": {"lookup": {"tool": "order-status", "args": {"order_id": "{{ input.order_id }}"}}},
+    }
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
 @pytest.fixture(scope="package")
 def fleet(tmp_path_factory) -> Iterator[Fleet]:
     work = tmp_path_factory.mktemp("fleet")
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     log, trace_file = work / "fleet.log", work / "spans.jsonl"
     env = {**os.environ, "SLMFLEET_TRACE_FILE": str(trace_file), "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "cluster.cli", "up", "--spec", str(ROOT / "fleet.yaml"), "--port", str(port)]
+    spec = e2e_spec(work / "fleet.yaml")
+    cmd = [sys.executable, "-m", "cluster.cli", "up", "--spec", str(spec), "--port", str(port)]
+    cmd += ["--metrics-port", str(metrics_port)]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     running = Fleet(f"http://127.0.0.1:{port}", log, trace_file, proc)
+    running.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     try:
         wait_until_healthy(running)
         yield running

@@ -1,0 +1,81 @@
+"""Shared pieces of the hand-run benchmarks: a local fleet in a subprocess, an in-process engine, statistics."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def small_spec(path: Path, pipelines: dict | None = None) -> Path:
+    """The default fleet cut down to one engine (smol), its specialists, and the given pipelines."""
+    spec = yaml.safe_load((ROOT / "fleet.yaml").read_text())
+    specialists = {name: s for name, s in spec["specialists"].items() if s["model"] == "smol"}
+    small = {"server": spec["server"], "models": {"smol": spec["models"]["smol"]}, "specialists": specialists}
+    path.write_text(yaml.safe_dump({**small, "pipelines": pipelines or {}}, sort_keys=False))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_fleet(pipelines: dict | None = None) -> Iterator[str]:
+    """``slmfleet up`` on a free port; yields its URL once /healthz says every model is up."""
+    work = Path(tempfile.mkdtemp(prefix="slmfleet-bench-"))
+    port = free_port()
+    cmd = [sys.executable, "-m", "cluster.cli", "up", "--spec", str(small_spec(work / "fleet.yaml", pipelines))]
+    log = open(work / "fleet.log", "w")  # noqa: SIM115 - closed in finally
+    proc = subprocess.Popen(
+        [*cmd, "--port", str(port)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc, work / "fleet.log")
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 600) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the fleet exited:\n{log.read_text()[-3000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                return
+        time.sleep(2)
+    raise SystemExit("the fleet did not come up")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summary(latencies_s: list[float]) -> str:
+    ms = [v * 1000 for v in latencies_s]
+    return f"p50 {percentile(ms, 50):8.1f} ms  p99 {percentile(ms, 99):8.1f} ms  mean {statistics.mean(ms):8.1f} ms"

@@ -1,0 +1,93 @@
+"""Overload and engine death on the real fleet. Runs last in the e2e tier: it kills an engine on purpose."""
+
+import asyncio
+import time
+
+import httpx
+import psutil
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+BURST = 100  # smol admits concurrent_seqs x 2 ongoing + 32 queued = 48; the rest must bounce at once
+
+
+async def timed_post(http, url, body):
+    start = time.monotonic()
+    resp = await http.post(url, json=body)
+    return resp, time.monotonic() - start
+
+
+async def burst(url, n):
+    body = {"model": "smol", "messages": [{"role": "user", "content": "Count to twenty."}], "max_tokens": 32}
+    limits = httpx.Limits(max_connections=n)
+    async with httpx.AsyncClient(timeout=300, limits=limits) as http:
+        return await asyncio.gather(*(timed_post(http, f"{url}/v1/chat/completions", body) for _ in range(n)))
+
+
+def test_beyond_capacity_requests_get_a_fast_503_and_admitted_ones_complete(fleet):
+    results = asyncio.run(burst(fleet.url, BURST))
+    rejected = [(r, t) for r, t in results if r.status_code == 503]
+    served = [(r, t) for r, t in results if r.status_code == 200]
+    assert len(rejected) + len(served) == BURST, {r.status_code for r, _ in results}
+    assert rejected, "no request was turned away: the queue is not bounded"
+    assert served, "nothing was served"
+    for resp, seconds in rejected:
+        assert resp.headers.get("Retry-After", "").isdigit()
+        assert resp.json()["error"]["code"] == "overloaded"
+        assert seconds < 10, f"a rejection took {seconds:.1f} s: rejections must not wait in a queue"
+    slowest_rejection = max(t for _, t in rejected)
+    assert slowest_rejection < max(t for _, t in served)
+
+
+def replica_process(fleet, deployment):
+    for proc in psutil.Process(fleet.proc.pid).children(recursive=True):
+        try:
+            if f"ServeReplica:slmfleet:{deployment}" in " ".join(proc.cmdline()):
+                return proc
+        except psutil.NoSuchProcess:
+            continue
+    raise AssertionError(f"no replica process of {deployment}")
+
+
+def engine_core_of(replica):
+    cores = [p for p in replica.children(recursive=True) if "EngineCore" in " ".join(p.cmdline()) + p.name()]
+    assert cores, "the replica has no vLLM EngineCore child"
+    return cores[0]
+
+
+def wait_for_health(fleet, want_status, within_s):
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            resp = httpx.get(f"{fleet.url}/healthz", timeout=15)
+            if resp.status_code == want_status:
+                return resp.json()
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    pytest.fail(f"/healthz never answered {want_status} within {within_s} s")
+
+
+def test_dead_engine_is_reported_steps_escalate_and_the_replica_is_replaced(fleet, client):
+    old_replica = replica_process(fleet, "model-smol")
+    engine_core_of(old_replica).kill()
+
+    degraded = wait_for_health(fleet, 503, within_s=90)
+    assert degraded["models"]["smol"] is False and degraded["models"]["big"] is True
+
+    result = httpx.post(
+        f"{fleet.url}/v1/pipelines/support-triage/runs",
+        json={"inputs": {"message": "Where is my order A1001?"}},
+        timeout=300,
+    ).json()
+    classify = next(s for s in result["steps"] if s["name"] == "classify")
+    assert result["status"] == "ok", result["error"]
+    assert classify["model"] == "big"
+    assert [e["reason"] for e in classify["escalations"]] == ["unavailable"]
+
+    wait_for_health(fleet, 200, within_s=300)
+    assert replica_process(fleet, "model-smol").pid != old_replica.pid
+    reply = client.chat.completions.create(
+        model="smol", messages=[{"role": "user", "content": "What is the capital of France?"}], max_tokens=16
+    )
+    assert "Paris" in reply.choices[0].message.content
