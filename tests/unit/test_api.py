@@ -9,8 +9,8 @@ from fastapi.testclient import TestClient
 from cluster.spec import load_spec
 from deployments.api import build_api
 from deployments.pipeline_runner import PipelineRunner
-from deployments.tools import ToolRegistry
 from deployments.protocol import GenerationError, GenerationResult, StreamDelta
+from deployments.tools import ToolRegistry
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = load_spec(ROOT / "fleet.yaml")

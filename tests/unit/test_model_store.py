@@ -107,7 +107,7 @@ def test_converted_model_is_reused_without_converting(fake_bundle, tmp_path):
 
 
 def test_local_folder_needs_config_json(tmp_path):
-    with pytest.raises(ModelSourceError, match="config.json"):
+    with pytest.raises(ModelSourceError, match=r"config\.json"):
         resolve_source(str(tmp_path))
     (tmp_path / "config.json").write_text("{}")
     assert resolve_source(str(tmp_path)) == str(tmp_path.resolve())
