@@ -11,11 +11,13 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import ray
 from opentelemetry import trace
 
 from cluster.model_store import resolve_source
 from cluster.spec import FleetSpec
 from deployments.chat_request import build_engine_call
+from deployments.gpu_start_lock import gpu_start_lock
 from deployments.protocol import GenerationError, GenerationRequest, GenerationResult, StreamDelta
 from deployments.telemetry import configure_tracing, context_from_carrier
 
@@ -34,7 +36,10 @@ class ModelServer:
         self.spec = spec
         self.engine_overrides = dict(engine_overrides or {})
         model = spec.models[model_name]
-        self.engine = ChatEngine.start(resolve_source(model.source), model, engine_overrides)
+        path = resolve_source(model.source)
+        gpu_ids = [str(i) for i in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]
+        with gpu_start_lock(gpu_ids):  # engines sharing a card profile its memory one at a time
+            self.engine = ChatEngine.start(path, model, engine_overrides)
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         """A whole completion in one answer."""
