@@ -95,7 +95,8 @@ class ModelServer:
         await self.engine.check_health()
 
     async def ping(self) -> str:
-        """Cheap reachability probe for the router's /healthz."""
+        """The router's /healthz probe: fails as soon as the engine is dead, before Serve replaces the replica."""
+        await self.engine.check_health()
         return self.model_name
 
     async def placement(self) -> dict[str, Any]:

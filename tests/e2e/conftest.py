@@ -54,11 +54,15 @@ def wait_until_healthy(fleet: Fleet) -> None:
 
 
 def e2e_spec(path: Path) -> Path:
-    """The default fleet plus two test pipelines: the demo forced to escalate, and a lookup of a given order."""
+    """The default fleet plus test pipelines: the demo forced to escalate, the demo with a short step timeout,
+    and a lookup of a given order."""
     spec = yaml.safe_load((ROOT / "fleet.yaml").read_text())
     demo = copy.deepcopy(spec["pipelines"]["support-triage"])
     demo["escalation"]["min_confidence"] = 1.0  # no answer is that sure: every model step escalates
     spec["pipelines"]["triage-always-escalate"] = demo
+    failover = copy.deepcopy(spec["pipelines"]["support-triage"])
+    failover["step_timeout_s"] = 20  # shorter than a replica's replacement: a call waiting for it escalates
+    spec["pipelines"]["triage-failover"] = failover
     spec["pipelines"]["lookup-order"] = {
         "steps": {"lookup": {"tool": "order-status", "args": {"order_id": "{{ input.order_id }}"}}},
     }
