@@ -10,6 +10,7 @@ import asyncio
 import hmac
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict
 from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
@@ -18,6 +19,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from opentelemetry import trace
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cluster.cost import CostSummary, PriceBook, llm_reference_model
 from cluster.spec import FleetSpec
 from deployments.openai_api import (
     ChatCompletionRequest,
@@ -109,7 +111,16 @@ async def answer_chat(spec: FleetSpec, backend: ModelBackend, body: ChatCompleti
         return generation_error_response(GenerationError("timeout", f"no answer within {timeout_s:.0f} s"))  # type: ignore[arg-type]
     if result.error is not None:
         return generation_error_response(result.error)
+    result.extra["cost"] = response_cost(spec, model, result)
     return JSONResponse(completion_body(request.request_id, body.model, result))
+
+
+def response_cost(spec: FleetSpec, model: str, result: GenerationResult) -> dict[str, Any]:
+    """What this answer cost and what the LLM tier would have charged for the same tokens."""
+    prices, llm = PriceBook.from_spec(spec), llm_reference_model(spec)
+    tokens = result.prompt_tokens + result.completion_tokens
+    counterfactual = prices.cost(llm, tokens) if llm else None
+    return asdict(CostSummary.of([prices.cost(model, tokens)], [counterfactual], llm))
 
 
 def model_cards(spec: FleetSpec) -> list[dict[str, Any]]:

@@ -68,6 +68,12 @@ def test_specialist_name_routes_to_its_model_with_specialist_attached():
     body = resp.json()
     assert body["object"] == "chat.completion" and body["model"] == "intent"
     assert body["usage"] == {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}
+    prices = {name: m.price_per_1k_tokens for name, m in SPEC.models.items()}
+    cost = body["slmfleet"]["cost"]
+    assert cost["llm_model"] == "big"
+    assert cost["total"] == pytest.approx(9 / 1000 * prices["smol"])
+    assert cost["llm_counterfactual"] == pytest.approx(9 / 1000 * prices["big"])
+    assert cost["ratio"] == pytest.approx(prices["smol"] / prices["big"])
 
 
 def test_unknown_model_is_404_model_not_found():
