@@ -26,6 +26,8 @@ MESSAGES = [
     "Carlos, 45, Mexico City, asks about gift cards.",
 ]
 STEP_COUNT = len(STEPS)
+# Per run and step: client latency minus the time the runner spent inside its steps (HTTP, proxy, router, runner).
+OUTSIDE_STEPS: dict[int, list[float]] = {}
 
 
 async def timed_runs(one, inputs: list[str], concurrency: int) -> tuple[float, list[float]]:
@@ -48,8 +50,12 @@ async def router_side(url: str, inputs: list[str], concurrency: int) -> tuple[fl
     async with httpx.AsyncClient(timeout=600) as http:
 
         async def one(message: str) -> None:
+            start = time.perf_counter()
             resp = await http.post(f"{url}/v1/pipelines/bench-4/runs", json={"inputs": {"message": message}})
-            assert resp.json()["status"] == "ok", resp.text
+            result = resp.json()
+            assert result["status"] == "ok", resp.text
+            in_steps = sum(step["latency_s"] for step in result["steps"])
+            OUTSIDE_STEPS.setdefault(concurrency, []).append((time.perf_counter() - start - in_steps) / STEP_COUNT)
 
         return await timed_runs(one, inputs, concurrency)
 
@@ -96,6 +102,7 @@ def main() -> None:
         print(f"  pipeline via router: {r_rate:6.2f} runs/s   {summary(r_lat)}")
         print(f"  throughput ratio router/direct: {r_rate / d_rate:.3f}")
         print(f"  added latency per step (rank-matched): {summary(per_step)}")
+        print(f"  time outside the steps, per step: {summary(OUTSIDE_STEPS[c])}")
 
 
 if __name__ == "__main__":
