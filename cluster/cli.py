@@ -127,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     except (SpecError, ModelSourceError, PlacementError, RenderError) as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # `slmfleet plan ... | head`: the reader left; not an error of ours
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

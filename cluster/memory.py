@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cluster.model_store import is_complete, slmfleet_home
+from cluster.model_store import bundled_folder, is_complete, slmfleet_home
 from cluster.spec import ModelSpec
 
 GIB = 1024**3
@@ -153,7 +153,7 @@ def read_model_config(source: str, home: Path | None = None) -> dict[str, Any] |
     ``bundled:<name>`` looks in the model store's converted folder; a path looks in that folder.
     """
     if source.startswith("bundled:"):
-        folder = (home or slmfleet_home()) / "models" / source.removeprefix("bundled:")
+        folder = bundled_folder(source.removeprefix("bundled:"), home or slmfleet_home())
         if not is_complete(folder):
             return None
     else:

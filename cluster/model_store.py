@@ -87,8 +87,8 @@ def ensure_bundled(name: str, home: Path, convert: Converter | None = None) -> P
     """Convert a bundled model once into ``home/models/<name>`` and return that folder."""
     if name not in BUNDLED:
         raise ModelSourceError(f"no bundled model '{name}'; bundled models: {', '.join(BUNDLED)}")
-    models_dir = home / "models"
-    target = models_dir / f"{name}.{CONVERSION_FORMAT}"
+    target = bundled_folder(name, home)
+    models_dir = target.parent
     if is_complete(target):
         return target
     models_dir.mkdir(parents=True, exist_ok=True)
@@ -108,6 +108,11 @@ def ensure_bundled(name: str, home: Path, convert: Converter | None = None) -> P
     return target
 
 
+def bundled_folder(name: str, home: Path) -> Path:
+    """Where the converted copy of bundled model ``name`` lives (usable only once :func:`is_complete`)."""
+    return home / "models" / f"{name}.{CONVERSION_FORMAT}"
+
+
 def is_complete(folder: Path) -> bool:
     """A model folder is usable only once its marker, written last before the rename, is there."""
     return (folder / COMPLETE_MARKER).is_file()
@@ -117,7 +122,7 @@ def _remove_leftovers(models_dir: Path, name: str) -> None:
     """Delete temporary folders of crashed conversions and an incomplete target (we hold the lock)."""
     for leftover in models_dir.glob(f".{name}.tmp-*"):
         shutil.rmtree(leftover, ignore_errors=True)
-    shutil.rmtree(models_dir / f"{name}.{CONVERSION_FORMAT}", ignore_errors=True)
+    shutil.rmtree(bundled_folder(name, models_dir.parent), ignore_errors=True)
 
 
 @contextlib.contextmanager

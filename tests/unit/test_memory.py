@@ -17,7 +17,7 @@ from cluster.memory import (
     kv_values_per_token,
     read_model_config,
 )
-from cluster.model_store import COMPLETE_MARKER
+from cluster.model_store import COMPLETE_MARKER, bundled_folder
 from cluster.spec import ModelSpec
 
 # Published config.json values (HF hub).
@@ -156,7 +156,7 @@ def test_read_model_config_missing_or_broken(tmp_path):
 
 
 def test_read_model_config_bundled_only_when_conversion_completed(tmp_path):
-    folder = tmp_path / "models" / "tiny"
+    folder = bundled_folder("tiny", tmp_path)
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps(QWEN25_05B))
     assert read_model_config("bundled:tiny", home=tmp_path) is None  # half-written conversions are ignored
