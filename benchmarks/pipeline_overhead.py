@@ -73,7 +73,8 @@ async def direct_side(inputs: list[str], concurrency: int) -> tuple[float, list[
     async def one(message: str) -> None:
         for _, specialist in STEPS:  # the same four calls the pipeline makes, one after another
             request = GenerationRequest("bench", [{"role": "user", "content": message}], specialist=specialist)
-            async for _ in engine.generate(build_engine_call(request, spec.specialists[specialist]), GenerationTally()):
+            call = build_engine_call(request, spec.specialists[specialist])
+            async for _ in engine.generate(call, GenerationTally(), incremental=False):
                 pass
 
     try:

@@ -77,7 +77,7 @@ async def run_direct(prompts: list[str], concurrency: int, max_tokens: int) -> t
             request = GenerationRequest("bench", [{"role": "user", "content": prompt}], max_tokens=max_tokens)
             tally = GenerationTally()
             start = time.perf_counter()
-            async for _ in engine.generate(build_engine_call(request, None), tally):
+            async for _ in engine.generate(build_engine_call(request, None), tally, incremental=False):
                 pass
             latencies.append(time.perf_counter() - start)
             tokens += tally.completion_tokens

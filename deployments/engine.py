@@ -85,15 +85,21 @@ class ChatEngine:
         text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
-    async def generate(self, call: EngineCall, tally: GenerationTally) -> AsyncIterator[str]:
-        """Yield text deltas while filling ``tally``; raises PromptTooLongError or vLLM's own errors."""
+    async def generate(
+        self, call: EngineCall, tally: GenerationTally, *, incremental: bool = True
+    ) -> AsyncIterator[str]:
+        """Yield text deltas while filling ``tally``; raises PromptTooLongError or vLLM's own errors.
+
+        ``incremental=False`` asks the engine for the final output only: one wake-up per request instead of one
+        per token, which matters when the replica shares a small CPU with the engine.
+        """
         ids = self.prompt_ids(call.messages)
         room = self.max_model_len - len(ids)
         if room <= 0:
             raise PromptTooLongError(
                 f"the prompt has {len(ids)} tokens; this model's context is {self.max_model_len} tokens"
             )
-        params = self._sampling_params(call, room)
+        params = self._sampling_params(call, room, incremental)
         tally.prompt_tokens = len(ids)
         stream = self.engine.generate({"prompt_token_ids": ids}, params, request_id=uuid.uuid4().hex)
         async for output in stream:
@@ -106,11 +112,12 @@ class ChatEngine:
                 tally.text_parts.append(choice.text)
                 yield choice.text
 
-    def _sampling_params(self, call: EngineCall, room: int) -> SamplingParams:
+    def _sampling_params(self, call: EngineCall, room: int, incremental: bool) -> SamplingParams:
         sampling = dict(call.sampling)
         sampling["max_tokens"] = min(int(sampling.get("max_tokens") or room), room)
         structured = StructuredOutputsParams(**call.structured) if call.structured else None
-        return SamplingParams(**sampling, structured_outputs=structured, output_kind=RequestOutputKind.DELTA)
+        kind = RequestOutputKind.DELTA if incremental else RequestOutputKind.FINAL_ONLY
+        return SamplingParams(**sampling, structured_outputs=structured, output_kind=kind)
 
     async def check_health(self) -> None:
         await self.engine.check_health()

@@ -45,30 +45,39 @@ class ModelServer:
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         """A whole completion in one answer."""
         result = GenerationResult(model=self.model_name)
-        async for item in self.stream(request):
+        async for item in self._traced(request, incremental=False):
             if isinstance(item, GenerationResult):
                 result = item
         return result
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta | GenerationResult]:
         """Text deltas, then one final :class:`GenerationResult` with usage (or an error), in the caller's trace."""
+        async for item in self._traced(request, incremental=True):
+            yield item
+
+    async def _traced(
+        self, request: GenerationRequest, *, incremental: bool
+    ) -> AsyncIterator[StreamDelta | GenerationResult]:
         attributes = {"slmfleet.model": self.model_name, "slmfleet.specialist": request.specialist or ""}
         parent = context_from_carrier(request.trace_context)
         with TRACER.start_as_current_span("engine.generate", context=parent, attributes=attributes) as span:
-            async for item in self._stream(request):
+            async for item in self._stream(request, incremental):
                 if isinstance(item, GenerationResult):
                     span.set_attribute("slmfleet.tokens_in", item.prompt_tokens)
                     span.set_attribute("slmfleet.tokens_out", item.completion_tokens)
                 yield item
 
-    async def _stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta | GenerationResult]:
+    async def _stream(
+        self, request: GenerationRequest, incremental: bool
+    ) -> AsyncIterator[StreamDelta | GenerationResult]:
         from deployments.engine import EngineDeadError, GenerationTally, PromptTooLongError, VLLMClientError
 
         specialist = self.spec.specialists.get(request.specialist) if request.specialist else None
         tally = GenerationTally()
         started = time.perf_counter()
         try:
-            async for text in self.engine.generate(build_engine_call(request, specialist), tally):
+            call = build_engine_call(request, specialist)
+            async for text in self.engine.generate(call, tally, incremental=incremental):
                 yield StreamDelta(text)
         except PromptTooLongError as exc:
             yield self._failed("context_length_exceeded", str(exc))
