@@ -52,7 +52,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from cluster.local_run import run_local  # imports Ray; keep `validate` and `plan` light
+    # The one place cluster/ reaches into deployments/, lazily: Ray and Serve load only for `up`.
+    from deployments.local_run import run_local
 
     spec = load_spec(args.spec)
     return run_local(

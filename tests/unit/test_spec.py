@@ -151,3 +151,37 @@ def test_report_text_is_readable():
     report = str(caught.value)
     assert report.splitlines()[0] == "invalid fleet spec fleet.yaml: 1 problem"
     assert "models.smol.max_model_len" in report and "got: 'nope'" in report
+
+
+def test_up_refuses_a_tool_that_does_not_import_with_exit_2(tmp_path):
+    bad = tmp_path / "fleet.yaml"
+    spec = {
+        "models": {"smol": {"source": "x/y"}},
+        "tools": {"lookup": {"python": "no_such_module:fn", "args_schema": {"type": "object"}}},
+    }
+    bad.write_text(yaml.safe_dump(spec))
+    proc = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "up", "--spec", str(bad)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "tools.lookup.python" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_up_refuses_to_open_beyond_loopback_without_keys(tmp_path):
+    bad = tmp_path / "fleet.yaml"
+    bad.write_text(yaml.safe_dump({"models": {"smol": {"source": "x/y"}}, "server": {"host": "0.0.0.0"}}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "up", "--spec", str(bad)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "server.host" in proc.stderr and "api_keys_env" in proc.stderr

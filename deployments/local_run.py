@@ -13,6 +13,7 @@ import time
 from cluster.model_store import resolve_source
 from cluster.spec import FleetSpec
 from cluster.spec_errors import SpecError, SpecIssue
+from deployments.tools import ToolLoadError, import_callable
 
 
 def exposure_issues(spec: FleetSpec, host: str) -> list[SpecIssue]:
@@ -68,6 +69,7 @@ def run_local(
     issues = exposure_issues(spec, host)
     if issues:
         raise SpecError("(server settings)", issues)
+    _check_tools_import(spec)
     for model in spec.models.values():  # convert bundled weights once here, not in racing replicas
         resolve_source(model.source)
 
@@ -96,6 +98,17 @@ def run_local(
         serve.shutdown()
         ray.shutdown()
     return 0
+
+
+def _check_tools_import(spec: FleetSpec) -> None:
+    """A tool whose import path is wrong fails here, with exit 2, not later in a crash-looping router."""
+    for name, tool in spec.tools.items():
+        if tool.python:
+            try:
+                import_callable(tool.python)
+            except ToolLoadError as exc:
+                fix = "point it at an importable module:function"
+                raise SpecError("(tools)", [SpecIssue(f"tools.{name}.python", tool.python, str(exc), fix)]) from None
 
 
 def _raise_interrupt(*_: object) -> None:
