@@ -90,7 +90,7 @@ class ServeBackend:
     async def _with_retry(self, model: str, call: Callable[[], Awaitable[GenerationResult]]) -> GenerationResult:
         for attempt in range(2):
             try:
-                return await call()
+                result = await call()
             except BackPressureError as exc:
                 return _failure(model, "overloaded", f"model '{model}' is at capacity: {exc}")
             except (*REPLICA_LOST, DeploymentUnavailableError) as exc:
@@ -98,6 +98,12 @@ class ServeBackend:
                     return _failure(model, "engine_dead", f"model '{model}' has no live replica: {exc}")
                 log.warning("model %s lost a replica mid-request; retrying once: %s", model, exc)
                 await asyncio.sleep(RETRY_DELAY_S)
+                continue
+            dead_engine = result.error is not None and result.error.kind == "engine_dead"
+            if not dead_engine or attempt == 1:
+                return result
+            log.warning("model %s answered from a dead engine; retrying once on any live replica", model)
+            await asyncio.sleep(RETRY_DELAY_S)
         raise AssertionError("unreachable")
 
 
