@@ -118,7 +118,8 @@ def _raise_interrupt(*_: object) -> None:
 def _print_ready(spec: FleetSpec, host: str, port: int) -> None:
     url = f"http://{host}:{port}"
     name = next(iter(spec.specialists), next(iter(spec.models)))
-    auth = f' -H "Authorization: Bearer ${spec.server.api_keys_env}"' if spec.server.api_keys_env else ""
+    env = spec.server.api_keys_env
+    auth = f' -H "Authorization: Bearer ${{{env}%%,*}}"' if env else ""  # the first of the comma-separated keys
     print(
         f"\nslm-fleet is serving at {url}  (models: {', '.join(spec.served_names())})\n"
         f"Try:\n  curl -s {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} \\\n"
