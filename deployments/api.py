@@ -108,7 +108,7 @@ async def answer_chat(spec: FleetSpec, backend: ModelBackend, body: ChatCompleti
     try:
         result = await asyncio.wait_for(backend.complete(model, request), timeout_s)
     except TimeoutError:
-        return generation_error_response(GenerationError("timeout", f"no answer within {timeout_s:.0f} s"))  # type: ignore[arg-type]
+        return generation_error_response(GenerationError("timeout", f"no answer within {timeout_s:.0f} s"))
     if result.error is not None:
         return generation_error_response(result.error)
     result.extra["cost"] = response_cost(spec, model, result)

@@ -19,7 +19,7 @@ from cluster.model_store import resolve_source
 from cluster.spec import FleetSpec
 from deployments.chat_request import build_engine_call
 from deployments.gpu_start_lock import gpu_start_lock
-from deployments.protocol import GenerationError, GenerationRequest, GenerationResult, StreamDelta
+from deployments.protocol import ErrorKind, GenerationRequest, GenerationResult, StreamDelta, failure
 from deployments.telemetry import configure_tracing, context_from_carrier
 
 log = logging.getLogger(__name__)
@@ -98,9 +98,9 @@ class ModelServer:
             extra={"engine_s": round(time.perf_counter() - started, 6)},  # lets callers see their own overhead
         )
 
-    def _failed(self, kind: str, message: str) -> GenerationResult:
+    def _failed(self, kind: ErrorKind, message: str) -> GenerationResult:
         log.warning("model %s: %s: %s", self.model_name, kind, message)
-        return GenerationResult(model=self.model_name, error=GenerationError(kind, message))  # type: ignore[arg-type]
+        return failure(self.model_name, kind, message)
 
     async def check_health(self) -> None:
         """Called by Serve every few seconds; raising marks the replica unhealthy and Serve replaces it."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-ErrorKind = Literal["bad_request", "context_length_exceeded", "overloaded", "engine_dead", "internal"]
+ErrorKind = Literal["bad_request", "context_length_exceeded", "overloaded", "engine_dead", "timeout", "internal"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,11 @@ class GenerationError:
 
     kind: ErrorKind
     message: str
+
+
+def failure(model: str, kind: ErrorKind, message: str) -> GenerationResult:
+    """A result that carries only an error."""
+    return GenerationResult(model=model, error=GenerationError(kind, message))
 
 
 @dataclass

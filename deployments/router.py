@@ -26,7 +26,7 @@ from deployments.api import build_api
 from deployments.metrics import FleetMetrics
 from deployments.pipeline_routes import CURRENT_PIPELINE
 from deployments.pipeline_runner import PipelineRunner
-from deployments.protocol import GenerationError, GenerationRequest, GenerationResult, StreamDelta
+from deployments.protocol import GenerationRequest, GenerationResult, StreamDelta, failure
 from deployments.telemetry import configure_tracing, current_context_carrier
 from deployments.tools import ToolRegistry
 
@@ -34,10 +34,6 @@ log = logging.getLogger(__name__)
 REPLICA_LOST = (RayActorError, ActorDiedError, ActorUnavailableError, ReplicaUnavailableError)
 HEALTH_PROBE_TIMEOUT_S = 5.0
 RETRY_DELAY_S = 0.5
-
-
-def _failure(model: str, kind: str, message: str) -> GenerationResult:
-    return GenerationResult(model=model, error=GenerationError(kind, message))  # type: ignore[arg-type]
 
 
 class ServeBackend:
@@ -73,11 +69,11 @@ class ServeBackend:
                     yield item
                 return
             except BackPressureError as exc:
-                yield _failure(model, "overloaded", f"model '{model}' is at capacity: {exc}")
+                yield failure(model, "overloaded", f"model '{model}' is at capacity: {exc}")
                 return
             except (*REPLICA_LOST, DeploymentUnavailableError) as exc:
                 if sent_any or attempt == 1:  # part of the answer already left: a retry would repeat it
-                    yield _failure(model, "engine_dead", f"model '{model}' lost its replica: {exc}")
+                    yield failure(model, "engine_dead", f"model '{model}' lost its replica: {exc}")
                     return
                 await asyncio.sleep(RETRY_DELAY_S)
 
@@ -92,10 +88,10 @@ class ServeBackend:
             try:
                 result = await call()
             except BackPressureError as exc:
-                return _failure(model, "overloaded", f"model '{model}' is at capacity: {exc}")
+                return failure(model, "overloaded", f"model '{model}' is at capacity: {exc}")
             except (*REPLICA_LOST, DeploymentUnavailableError) as exc:
                 if attempt == 1:
-                    return _failure(model, "engine_dead", f"model '{model}' has no live replica: {exc}")
+                    return failure(model, "engine_dead", f"model '{model}' has no live replica: {exc}")
                 log.warning("model %s lost a replica mid-request; retrying once: %s", model, exc)
                 await asyncio.sleep(RETRY_DELAY_S)
                 continue
