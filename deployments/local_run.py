@@ -62,8 +62,6 @@ def run_local(
     import ray
     from ray import serve
 
-    from deployments.app import APP_NAME, build_app
-
     host = host or spec.server.host
     port = port or spec.server.port
     issues = exposure_issues(spec, host)
@@ -87,8 +85,7 @@ def run_local(
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _raise_interrupt)
     try:
-        serve.start(http_options={"host": host, "port": port})
-        serve.run(build_app(spec), name=APP_NAME, route_prefix="/")
+        _deploy(spec, host, port)
         _print_ready(spec, host, port)
         while True:
             time.sleep(3600)
@@ -98,6 +95,21 @@ def run_local(
         serve.shutdown()
         ray.shutdown()
     return 0
+
+
+def _deploy(spec: FleetSpec, host: str, port: int) -> None:
+    from ray import serve
+
+    from deployments.app import APP_NAME, build_app
+
+    try:
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(build_app(spec), name=APP_NAME, route_prefix="/")
+    except Exception as exc:  # Serve reports a taken port as a RuntimeError from its proxy actor
+        if "Failed to bind" not in str(exc):
+            raise
+        issue = SpecIssue("server.port", port, f"cannot listen on {host}:{port}: the port is in use", "use --port")
+        raise SpecError("(server settings)", [issue]) from None
 
 
 def _check_tools_import(spec: FleetSpec) -> None:

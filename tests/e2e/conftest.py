@@ -39,10 +39,16 @@ class Fleet:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
+class PortTaken(Exception):
+    """Another process took a port between free_port() and the fleet binding it."""
+
+
 def wait_until_healthy(fleet: Fleet) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if fleet.proc.poll() is not None:
+            if "the port is in use" in fleet.log.read_text(errors="replace"):
+                raise PortTaken(fleet.url)
             pytest.fail(f"slmfleet up exited with {fleet.proc.returncode}:\n{fleet.log_tail()}")
         try:
             if httpx.get(f"{fleet.url}/healthz", timeout=5).status_code == 200:
@@ -70,29 +76,47 @@ def e2e_spec(path: Path) -> Path:
     return path
 
 
+def start_fleet(work: Path) -> Fleet:
+    """``slmfleet up`` on free ports, retried when a port is taken in the moment between choosing and binding."""
+    spec, trace_file = e2e_spec(work / "fleet.yaml"), work / "spans.jsonl"
+    env = {**os.environ, "SLMFLEET_TRACE_FILE": str(trace_file), "PYTHONUNBUFFERED": "1"}
+    for attempt in range(3):
+        port, metrics_port, log = free_port(), free_port(), work / f"fleet-{attempt}.log"
+        cmd = [sys.executable, "-m", "cluster.cli", "up", "--spec", str(spec), "--port", str(port)]
+        cmd += ["--metrics-port", str(metrics_port)]
+        with open(log, "w") as out:
+            proc = subprocess.Popen(
+                cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        running = Fleet(f"http://127.0.0.1:{port}", log, trace_file, proc)
+        running.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        try:
+            wait_until_healthy(running)
+            return running
+        except PortTaken:
+            continue
+        except BaseException:
+            stop(running)
+            raise
+    pytest.fail("three fleets in a row found their port taken")
+
+
+def stop(fleet: Fleet) -> None:
+    fleet.proc.send_signal(signal.SIGTERM)
+    try:
+        fleet.proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(fleet.proc.pid, signal.SIGKILL)
+        fleet.proc.wait()
+
+
 @pytest.fixture(scope="package")
 def fleet(tmp_path_factory) -> Iterator[Fleet]:
-    work = tmp_path_factory.mktemp("fleet")
-    port, metrics_port = free_port(), free_port()
-    log, trace_file = work / "fleet.log", work / "spans.jsonl"
-    env = {**os.environ, "SLMFLEET_TRACE_FILE": str(trace_file), "PYTHONUNBUFFERED": "1"}
-    spec = e2e_spec(work / "fleet.yaml")
-    cmd = [sys.executable, "-m", "cluster.cli", "up", "--spec", str(spec), "--port", str(port)]
-    cmd += ["--metrics-port", str(metrics_port)]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    running = Fleet(f"http://127.0.0.1:{port}", log, trace_file, proc)
-    running.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    running = start_fleet(tmp_path_factory.mktemp("fleet"))
     try:
-        wait_until_healthy(running)
         yield running
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop(running)
 
 
 @pytest.fixture(scope="package")
