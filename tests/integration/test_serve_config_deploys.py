@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -28,6 +27,7 @@ import yaml
 from cluster import render
 from cluster.model_store import resolve_source
 from cluster.spec import load_spec
+from tests.ports import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -36,12 +36,6 @@ SERVE = REPO / ".venv" / "bin" / "serve"
 START_TIMEOUT_S = 420
 STOP_TIMEOUT_S = 60
 LOGICAL_CPUS = 8
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def render_default_fleet(path: Path, port: int) -> dict:
