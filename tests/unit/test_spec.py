@@ -15,6 +15,12 @@ ROOT = Path(__file__).resolve().parents[2]
 MINIMAL = {"models": {"smol": {"source": "bundled:smollm2-135m-instruct"}}}
 
 
+def slmfleet(*args):
+    """Run the CLI as a user would, in a fresh process."""
+    cmd = [sys.executable, "-m", "cluster.cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False, timeout=60)
+
+
 def issues_of(data):
     with pytest.raises(SpecError) as caught:
         parse_spec(data)
@@ -118,25 +124,14 @@ def test_yaml_syntax_error_names_the_line(tmp_path):
 def test_cli_prints_report_without_traceback_and_exits_2(tmp_path):
     bad = tmp_path / "fleet.yaml"
     bad.write_text(yaml.safe_dump({"models": {"smol": {"source": "x/y", "max_model_lenn": 5}}}))
-    proc = subprocess.run(
-        [sys.executable, "-m", "cluster.cli", "validate", str(bad)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    )
+    proc = slmfleet("validate", str(bad))
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "models.smol.max_model_lenn" in proc.stderr and "max_model_len" in proc.stderr
 
 
 def test_cli_validates_the_default_fleet(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "cluster.cli", "validate", str(ROOT / "fleet.yaml")],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    proc = slmfleet("validate", str(ROOT / "fleet.yaml"))
     assert proc.returncode == 0, proc.stderr
     assert "2 models, 5 specialists, 1 pipelines" in proc.stdout
 
@@ -160,14 +155,7 @@ def test_up_refuses_a_tool_that_does_not_import_with_exit_2(tmp_path):
         "tools": {"lookup": {"python": "no_such_module:fn", "args_schema": {"type": "object"}}},
     }
     bad.write_text(yaml.safe_dump(spec))
-    proc = subprocess.run(
-        [sys.executable, "-m", "cluster.cli", "up", "--spec", str(bad)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-        timeout=60,
-    )
+    proc = slmfleet("up", "--spec", str(bad))
     assert proc.returncode == 2, proc.stderr
     assert "tools.lookup.python" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -175,13 +163,6 @@ def test_up_refuses_a_tool_that_does_not_import_with_exit_2(tmp_path):
 def test_up_refuses_to_open_beyond_loopback_without_keys(tmp_path):
     bad = tmp_path / "fleet.yaml"
     bad.write_text(yaml.safe_dump({"models": {"smol": {"source": "x/y"}}, "server": {"host": "0.0.0.0"}}))
-    proc = subprocess.run(
-        [sys.executable, "-m", "cluster.cli", "up", "--spec", str(bad)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-        timeout=60,
-    )
+    proc = slmfleet("up", "--spec", str(bad))
     assert proc.returncode == 2, proc.stderr
     assert "server.host" in proc.stderr and "api_keys_env" in proc.stderr
