@@ -11,9 +11,8 @@ import sys
 from pathlib import Path
 
 from cluster import render
-from cluster.memory import read_model_config
 from cluster.model_store import ModelSourceError
-from cluster.placement import PlacementError, plan_fleet, render_plan
+from cluster.placement import PlacementError, plan_from_store, render_plan
 from cluster.render.common import RenderError
 from cluster.spec import load_spec
 from cluster.spec_errors import SpecError
@@ -41,9 +40,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
-    configs = {name: cfg for name, m in spec.models.items() if (cfg := read_model_config(m.source)) is not None}
     try:
-        plan = plan_fleet(spec, configs)
+        plan = plan_from_store(spec)
     except PlacementError as exc:
         print(f"{args.spec}: cannot place the fleet: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from cluster.memory import MemoryEstimate, UnknownModelSizeError, estimate_engine_memory
+from cluster.memory import MemoryEstimate, UnknownModelSizeError, estimate_engine_memory, read_model_config
 from cluster.spec import FleetSpec, ModelSpec, PoolSpec
 
 HEADROOM = 0.9  # usable fraction of a GPU's memory; the rest absorbs what vLLM's profiling does not see
@@ -212,6 +212,13 @@ class _Placed:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Entry point
+
+
+def plan_from_store(spec: FleetSpec) -> Plan:
+    """The plan sized from each model's config.json where this machine has it (local folders, converted
+    bundled models); hub ids fall back to declared sizes. What `slmfleet plan`, the renderers and the app use."""
+    configs = {name: cfg for name, m in spec.models.items() if (cfg := read_model_config(m.source)) is not None}
+    return plan_fleet(spec, configs)
 
 
 def plan_fleet(spec: FleetSpec, model_configs: Mapping[str, dict[str, Any]] | None = None) -> Plan:

@@ -12,20 +12,20 @@ from ray import serve
 from ray.serve import Application
 
 from cluster.deploy_options import deployment_options, engine_overrides
-from cluster.memory import read_model_config
-from cluster.placement import Plan, plan_fleet
+from cluster.placement import Plan, plan_from_store
+from cluster.render.common import (
+    APP_NAME,
+    HEALTH_CHECK_PERIOD_S,
+    HEALTH_CHECK_TIMEOUT_S,
+    ROUTER_DEPLOYMENT,
+    ROUTER_NUM_CPUS,
+    model_deployment_name,
+)
 from cluster.spec import FleetSpec, load_spec, parse_spec
 from deployments.model_server import ModelServer
 from deployments.router import Router
 
-APP_NAME = "slmfleet"
-ROUTER_DEPLOYMENT = "router"
-HEALTH_CHECK_PERIOD_S = 5
-HEALTH_CHECK_TIMEOUT_S = 30
-
-
-def model_deployment_name(model: str) -> str:
-    return f"model-{model}"
+__all__ = ["APP_NAME", "app", "build_app", "model_deployment_name", "model_deployment_options"]
 
 
 def model_deployment_options(plan: Plan, spec: FleetSpec, name: str) -> dict[str, Any]:
@@ -38,24 +38,18 @@ def model_deployment_options(plan: Plan, spec: FleetSpec, name: str) -> dict[str
     }
 
 
-def plan_for(spec: FleetSpec) -> Plan:
-    """The placement plan, sized from each model's config.json where the store already has it."""
-    configs = {name: cfg for name, m in spec.models.items() if (cfg := read_model_config(m.source)) is not None}
-    return plan_fleet(spec, configs)
-
-
 def router_deployment_options(spec: FleetSpec) -> dict[str, Any]:
     return {
         "name": ROUTER_DEPLOYMENT,
         "max_ongoing_requests": spec.server.max_ongoing_requests,
         "max_queued_requests": spec.server.max_queued_requests,
-        "ray_actor_options": {"num_cpus": 0.5},
+        "ray_actor_options": {"num_cpus": ROUTER_NUM_CPUS},
     }
 
 
 def build_app(spec: FleetSpec, plan: Plan | None = None) -> Application:
     """Router ingress bound to one model deployment per spec model, each placed as the plan says."""
-    plan = plan or plan_for(spec)
+    plan = plan or plan_from_store(spec)
     handles = {
         name: serve.deployment(ModelServer)
         .options(**model_deployment_options(plan, spec, name))

@@ -12,12 +12,10 @@ from typing import Any
 
 import yaml
 
-from cluster.memory import read_model_config
-from cluster.placement import Plan, plan_fleet
-from cluster.spec import FleetSpec
+from cluster.placement import plan_from_store
 
-# Names the Serve app builder uses (deployments/app.py); repeated here because `cluster` never imports
-# `deployments`. tests/unit/test_render.py checks that both sides agree.
+# Names of the Serve app and its deployments; deployments/app.py imports them from here (`cluster` never
+# imports `deployments`), so the rendered configs and the app builder cannot disagree.
 APP_NAME = "slmfleet"
 APP_IMPORT_PATH = "deployments.app:app"
 ROUTER_DEPLOYMENT = "router"
@@ -37,10 +35,7 @@ def model_deployment_name(model: str) -> str:
     return f"model-{model}"
 
 
-def plan_spec(spec: FleetSpec) -> Plan:
-    """The plan ``slmfleet plan`` prints and the app builder computes: sized from config.json files found here."""
-    configs = {name: cfg for name, m in spec.models.items() if (cfg := read_model_config(m.source)) is not None}
-    return plan_fleet(spec, configs)
+plan_spec = plan_from_store  # the plan ``slmfleet plan`` prints and the app builder computes
 
 
 def display_path(path: str | Path) -> str:
