@@ -3,9 +3,11 @@
 A model's price per 1k tokens (prompt and completion tokens priced alike) is, in order:
 
 1. its declared ``price_per_1k_tokens``;
-2. derived: ``pool.price_per_gpu_hour x gpu_share / tokens_per_hour x 1000``, where ``gpu_share`` is the model's
-   share of GPUs per replica (from the placement plan; an llm-tier model defaults to ``tensor_parallel`` or 1
-   whole GPU) and ``tokens_per_hour`` is measured throughput of one replica, fed in by whoever measures it;
+2. derived: ``replica_price_per_hour / tokens_per_hour x 1000``. A replica's hourly price is its pool's
+   ``price_per_gpu_hour`` times the GPUs the placement plan gives one replica (its share of a card, or its
+   tensor-parallel GPUs), see :func:`replica_hourly_prices`. ``tokens_per_hour`` is the measured throughput of
+   one replica: each model replica reports its own with every answer and the router's book takes it in
+   (:meth:`PriceBook.observe_throughput`), so the price follows what the GPUs really deliver;
 3. unknown (None): costs that need it are None too rather than a made-up zero.
 
 The counterfactual prices a response's accepted calls as if every token had gone to the LLM tier; the ratio
@@ -19,58 +21,79 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from cluster.placement import Plan
     from cluster.spec import FleetSpec
 
 
-@dataclass(frozen=True)
+@dataclass
 class PriceBook:
-    """Price per 1k tokens by model name; None where nothing declares or derives one."""
+    """Price per 1k tokens by model name; None where nothing declares or derives one.
 
-    per_1k: Mapping[str, float | None] = field(default_factory=dict)
+    Built from a spec, the book also re-derives undeclared prices as measured throughput comes in; the router
+    shares one book between its responses, its pipelines and its metrics, so all see the same price.
+    """
+
+    per_1k: dict[str, float | None] = field(default_factory=dict)
+    spec: FleetSpec | None = None
+    replica_per_hour: Mapping[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_spec(
         cls,
         spec: FleetSpec,
         *,
-        gpu_shares: Mapping[str, float] | None = None,
+        replica_per_hour: Mapping[str, float] | None = None,
         tokens_per_hour: Mapping[str, float] | None = None,
     ) -> PriceBook:
-        shares = gpu_shares or {}
+        hourly = dict(replica_per_hour or {})
         rates = tokens_per_hour or {}
-        return cls({name: model_price(spec, name, shares.get(name), rates.get(name)) for name in spec.models})
+        prices = {name: model_price(spec, name, hourly.get(name), rates.get(name)) for name in spec.models}
+        return cls(prices, spec, hourly)
 
     def cost(self, model: str, tokens: int) -> float | None:
         """Price of ``tokens`` (prompt + completion) on ``model``."""
         price = self.per_1k.get(model)
         return None if price is None else price * tokens / 1000
 
+    def observe_throughput(self, model: str, tokens_per_hour: float | None) -> None:
+        """A replica's measured throughput: re-derive the model's price unless the spec declares one."""
+        if self.spec is None or model not in self.spec.models:
+            return
+        if self.spec.models[model].price_per_1k_tokens is not None:
+            return
+        price = derived_price(self.replica_per_hour.get(model), tokens_per_hour)
+        if price is not None:
+            self.per_1k[model] = price
+
+
+def replica_hourly_prices(spec: FleetSpec, plan: Plan) -> dict[str, float]:
+    """What one replica of each GPU-placed model costs per hour: its pool's GPU-hour price x its GPUs.
+
+    Models on CPU placements, or on pools without a price, are absent (their derived price stays unknown).
+    """
+    prices = {}
+    for placement in plan.models:
+        pool = spec.pools.get(placement.pool)
+        if placement.kind in ("fraction", "whole") and pool is not None and pool.price_per_gpu_hour is not None:
+            prices[placement.model] = pool.price_per_gpu_hour * placement.gpus_per_replica
+    return prices
+
 
 def model_price(
-    spec: FleetSpec, model: str, gpu_share: float | None = None, tokens_per_hour: float | None = None
+    spec: FleetSpec, model: str, replica_per_hour: float | None = None, tokens_per_hour: float | None = None
 ) -> float | None:
-    """Declared price, else the pool-derived one, else None."""
+    """Declared price, else the derived one, else None."""
     declared = spec.models[model].price_per_1k_tokens
     if declared is not None:
         return declared
-    return derived_price(spec, model, gpu_share, tokens_per_hour)
+    return derived_price(replica_per_hour, tokens_per_hour)
 
 
-def derived_price(spec: FleetSpec, model: str, gpu_share: float | None, tokens_per_hour: float | None) -> float | None:
-    """Price per 1k tokens from the pool's GPU-hour price, the model's GPU share and its measured throughput."""
-    m = spec.models[model]
-    pool = spec.pools.get(m.pool) if m.pool else None
-    if pool is None or pool.price_per_gpu_hour is None or not tokens_per_hour or tokens_per_hour <= 0:
+def derived_price(replica_per_hour: float | None, tokens_per_hour: float | None) -> float | None:
+    """Price per 1k tokens of a replica that costs ``replica_per_hour`` and serves ``tokens_per_hour``."""
+    if replica_per_hour is None or not tokens_per_hour or tokens_per_hour <= 0:
         return None
-    share = gpu_share if gpu_share is not None else _default_share(spec, model)
-    if share is None:
-        return None
-    return pool.price_per_gpu_hour * share / tokens_per_hour * 1000
-
-
-def _default_share(spec: FleetSpec, model: str) -> float | None:
-    m = spec.models[model]
-    return float(m.tensor_parallel or 1) if m.tier == "llm" else None
+    return replica_per_hour / tokens_per_hour * 1000
 
 
 def llm_reference_model(spec: FleetSpec, preferred: str | None = None) -> str | None:
