@@ -29,7 +29,7 @@ from deployments.openai_api import (
     generation_error_response,
     usage,
 )
-from deployments.pipeline_routes import PIPELINE_PREFIX, RunObserver, add_pipeline_routes, chat_via_pipeline
+from deployments.pipeline_routes import PIPELINE_PREFIX, add_pipeline_routes, chat_via_pipeline
 from deployments.pipeline_runner import PipelineRunner
 from deployments.protocol import GenerationError, GenerationRequest, GenerationResult, StreamDelta
 
@@ -61,16 +61,20 @@ def build_api(
     backend: ModelBackend,
     api_keys: frozenset[str] = frozenset(),
     runner: PipelineRunner | None = None,
-    on_run: RunObserver | None = None,
+    prices: PriceBook | None = None,
 ) -> FastAPI:
-    """The OpenAI-compatible app: chat completions, pipelines, model list, health; API keys enforced when given."""
+    """The OpenAI-compatible app: chat completions, pipelines, model list, health; API keys enforced when given.
+
+    ``prices`` is the router's live book (declared prices, or derived ones that follow measured throughput).
+    """
+    prices = prices or PriceBook.from_spec(spec)
     app = FastAPI(title="slm-fleet router", docs_url=None, redoc_url=None)
     _install_error_handlers(app)
     if api_keys:
         app.middleware("http")(_require_key(api_keys))
     app.middleware("http")(_trace_request)
     if runner is not None:
-        add_pipeline_routes(app, runner, on_run)
+        add_pipeline_routes(app, runner)
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -85,13 +89,15 @@ def build_api(
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest) -> Response:
         if body.model.startswith(PIPELINE_PREFIX):
-            return await chat_via_pipeline(body, runner, on_run)
-        return await answer_chat(spec, backend, body)
+            return await chat_via_pipeline(body, runner)
+        return await answer_chat(spec, backend, body, prices)
 
     return app
 
 
-async def answer_chat(spec: FleetSpec, backend: ModelBackend, body: ChatCompletionRequest) -> Response:
+async def answer_chat(
+    spec: FleetSpec, backend: ModelBackend, body: ChatCompletionRequest, prices: PriceBook
+) -> Response:
     """One chat completion on a model or specialist, plain or streamed."""
     target = resolve_target(spec, body.model)
     if target is None:
@@ -111,13 +117,12 @@ async def answer_chat(spec: FleetSpec, backend: ModelBackend, body: ChatCompleti
         return generation_error_response(GenerationError("timeout", f"no answer within {timeout_s:.0f} s"))
     if result.error is not None:
         return generation_error_response(result.error)
-    result.extra["cost"] = response_cost(spec, model, result)
+    result.extra["cost"] = response_cost(prices, llm_reference_model(spec), model, result)
     return JSONResponse(completion_body(request.request_id, body.model, result))
 
 
-def response_cost(spec: FleetSpec, model: str, result: GenerationResult) -> dict[str, Any]:
+def response_cost(prices: PriceBook, llm: str | None, model: str, result: GenerationResult) -> dict[str, Any]:
     """What this answer cost and what the LLM tier would have charged for the same tokens."""
-    prices, llm = PriceBook.from_spec(spec), llm_reference_model(spec)
     tokens = result.prompt_tokens + result.completion_tokens
     counterfactual = prices.cost(llm, tokens) if llm else None
     return asdict(CostSummary.of([prices.cost(model, tokens)], [counterfactual], llm))

@@ -1,80 +1,63 @@
-"""The app builder: one Serve application from one fleet spec.
+"""The app builders: the fleet as Serve applications, one per model plus the router.
 
-``serve run deployments.app:app fleet=fleet.yaml`` calls :func:`app` with the command line's ``key=value``
-arguments; ``slmfleet up`` and the rendered Serve config use :func:`build_app` the same way.
+The rendered Serve config (``slmfleet render serve``) names :func:`model_app` and :func:`router_app` as import
+paths; ``slmfleet up`` deploys :func:`fleet_applications`, built from the very same config data, so a local run
+and a cluster run the same apps with the same options.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ray import serve
-from ray.serve import Application
+from ray.serve import Application, RunTarget
 
-from cluster.deploy_options import deployment_options, engine_overrides
 from cluster.placement import Plan, plan_from_store
-from cluster.render.common import (
-    APP_NAME,
-    HEALTH_CHECK_PERIOD_S,
-    HEALTH_CHECK_TIMEOUT_S,
-    ROUTER_DEPLOYMENT,
-    ROUTER_NUM_CPUS,
-    model_deployment_name,
-)
-from cluster.spec import FleetSpec, load_spec, parse_spec
+from cluster.render.common import MODEL_IMPORT_PATH, ROUTER_IMPORT_PATH, model_deployment_name
+from cluster.render.serve_config import build_serve_config, router_deployment
+from cluster.spec import FleetSpec, ModelSpec, parse_spec
 from deployments.model_server import ModelServer
 from deployments.router import Router
 
-__all__ = ["APP_NAME", "app", "build_app", "model_deployment_name", "model_deployment_options"]
+__all__ = ["fleet_applications", "model_app", "router_app"]
 
 
-def model_deployment_options(plan: Plan, spec: FleetSpec, name: str) -> dict[str, Any]:
-    """The plan's placement options for one model, plus its name and health-check cadence."""
-    return {
-        **deployment_options(plan, spec, name),
-        "name": model_deployment_name(name),
-        "health_check_period_s": HEALTH_CHECK_PERIOD_S,
-        "health_check_timeout_s": HEALTH_CHECK_TIMEOUT_S,
-    }
+def model_app(args: dict[str, Any]) -> Application:
+    """Import path of a model's app: ``args`` = ``{model: name, spec: <model settings>, engine: <plan overrides>}``."""
+    return model_application(args)
 
 
-def router_deployment_options(spec: FleetSpec) -> dict[str, Any]:
-    return {
-        "name": ROUTER_DEPLOYMENT,
-        "max_ongoing_requests": spec.server.max_ongoing_requests,
-        "max_queued_requests": spec.server.max_queued_requests,
-        "ray_actor_options": {"num_cpus": ROUTER_NUM_CPUS},
-    }
+def router_app(args: dict[str, Any]) -> Application:
+    """Import path of the router's app: ``args`` = ``{spec: <the fleet spec>, replica_per_hour: {model: $/h}}``."""
+    return router_application(args)
 
 
-def build_app(spec: FleetSpec, plan: Plan | None = None) -> Application:
-    """Router ingress bound to one model deployment per spec model, each placed as the plan says."""
-    plan = plan or plan_from_store(spec)
-    handles = {
-        name: serve.deployment(ModelServer)
-        .options(**model_deployment_options(plan, spec, name))
-        .bind(name, spec, engine_overrides(plan, name))
-        for name in spec.models
-    }
-    router = serve.deployment(Router).options(**router_deployment_options(spec))
-    return router.bind(spec, **handles)
+def model_application(args: dict[str, Any], options: dict[str, Any] | None = None) -> Application:
+    name = args["model"]
+    model = ModelSpec.model_validate(args["spec"])
+    deployment = serve.deployment(ModelServer).options(**(options or {"name": model_deployment_name(name)}))
+    return deployment.bind(name, model, args.get("engine") or {})
 
 
-def app(args: dict[str, Any]) -> Application:
-    """Entry point for ``serve run deployments.app:app fleet=PATH`` and for rendered Serve configs.
-
-    A rendered config (``slmfleet render serve``) carries the spec inline as ``args: {spec: {...}}``, so the
-    cluster needs no spec file; it is validated exactly like a file.
-    """
-    return build_app(spec_from_args(args))
+def router_application(args: dict[str, Any], options: dict[str, Any] | None = None) -> Application:
+    spec = parse_spec(args["spec"], "<serve config: applications[].args.spec>")
+    hourly = {name: float(price) for name, price in (args.get("replica_per_hour") or {}).items()}
+    return serve.deployment(Router).options(**(options or router_deployment(spec))).bind(spec, hourly)
 
 
-def spec_from_args(args: dict[str, Any]) -> FleetSpec:
-    """``spec`` (an inline mapping) or ``fleet`` (a path, default fleet.yaml); giving both is a mistake."""
-    if "spec" in args:
-        if "fleet" in args:
-            raise ValueError("give the app either 'spec' (inline) or 'fleet' (a path), not both")
-        return parse_spec(args["spec"], "<serve config: applications[].args.spec>")
-    from cluster.cli import default_spec_path
+_BUILDERS: dict[str, Callable[[dict[str, Any], dict[str, Any]], Application]] = {
+    MODEL_IMPORT_PATH: model_application,
+    ROUTER_IMPORT_PATH: router_application,
+}
 
-    return load_spec(args.get("fleet") or default_spec_path())
+
+def fleet_applications(spec: FleetSpec, plan: Plan | None = None) -> list[RunTarget]:
+    """Every app of the fleet (for ``serve.run_many``) with the options the rendered Serve config gives it."""
+    config = build_serve_config(spec, plan or plan_from_store(spec))
+    targets = []
+    for app in config["applications"]:
+        (options,) = app["deployments"]
+        application = _BUILDERS[app["import_path"]](app["args"], options)
+        targets.append(RunTarget(application, name=app["name"], route_prefix=app["route_prefix"]))
+    return targets

@@ -100,11 +100,11 @@ def run_local(
 def _deploy(spec: FleetSpec, host: str, port: int) -> None:
     from ray import serve
 
-    from deployments.app import APP_NAME, build_app
+    from deployments.app import fleet_applications
 
     try:
         serve.start(http_options={"host": host, "port": port})
-        serve.run(build_app(spec), name=APP_NAME, route_prefix="/")
+        serve.run_many(fleet_applications(spec))  # every model app and the router, started together
     except Exception as exc:  # Serve reports a taken port as a RuntimeError from its proxy actor
         if "Failed to bind" not in str(exc):
             raise
@@ -128,6 +128,8 @@ def _raise_interrupt(*_: object) -> None:
 
 
 def _print_ready(spec: FleetSpec, host: str, port: int) -> None:
+    import ray
+
     url = f"http://{host}:{port}"
     name = next(iter(spec.specialists), next(iter(spec.models)))
     env = spec.server.api_keys_env
@@ -137,6 +139,7 @@ def _print_ready(spec: FleetSpec, host: str, port: int) -> None:
         f"Try:\n  curl -s {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} \\\n"
         f'    -d \'{{"model": "{name}", "messages": [{{"role": "user", '
         f'"content": "Where is my order? It was due on Monday."}}]}}\'\n'
+        f"Ray cluster: {ray.get_runtime_context().gcs_address}  (a driver attaches with ray.init(address=...))\n"
         "Press Ctrl-C to stop.",
         flush=True,
     )

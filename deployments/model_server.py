@@ -1,7 +1,8 @@
 """The model deployment: one per spec model, each replica owning one vLLM engine.
 
-It serves every specialist of the fleet (instructions, contract, sampling defaults travel by name), so a step
-escalated from a small model to a large one keeps its contract. Failures come back as data
+It serves every specialist of the fleet (the router sends each request with its specialist's instructions,
+contract and sampling defaults), so a step escalated from a small model to a large one keeps its contract, and the
+model's app holds only the model's own settings. Failures come back as data
 (:class:`GenerationError`), and ``check_health`` fails once the engine is dead so Serve replaces the replica.
 """
 
@@ -16,11 +17,12 @@ import ray
 from opentelemetry import trace
 
 from cluster.model_store import resolve_source
-from cluster.spec import FleetSpec
+from cluster.spec import ModelSpec
 from deployments.chat_request import build_engine_call
 from deployments.gpu_start_lock import gpu_start_lock
 from deployments.protocol import ErrorKind, GenerationRequest, GenerationResult, StreamDelta, failure
 from deployments.telemetry import configure_tracing, context_from_carrier
+from deployments.throughput import ThroughputMeter
 
 log = logging.getLogger(__name__)
 TRACER = trace.get_tracer("slmfleet.model_server")
@@ -29,14 +31,13 @@ TRACER = trace.get_tracer("slmfleet.model_server")
 class ModelServer:
     """Serve deployment class (options are applied by the app builder from the placement plan)."""
 
-    def __init__(self, model_name: str, spec: FleetSpec, engine_overrides: dict[str, Any] | None = None) -> None:
+    def __init__(self, model_name: str, model: ModelSpec, engine_overrides: dict[str, Any] | None = None) -> None:
         from deployments.engine import ChatEngine  # vLLM loads only inside the replica
 
         configure_tracing(f"slmfleet-model-{model_name}")
         self.model_name = model_name
-        self.spec = spec
         self.engine_overrides = dict(engine_overrides or {})
-        model = spec.models[model_name]
+        self.throughput = ThroughputMeter()
         path = resolve_source(model.source)
         gpu_ids = [str(i) for i in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]
         with gpu_start_lock(gpu_ids):  # engines sharing a card profile its memory one at a time
@@ -72,11 +73,11 @@ class ModelServer:
     ) -> AsyncIterator[StreamDelta | GenerationResult]:
         from deployments.engine import EngineDeadError, GenerationTally, PromptTooLongError, VLLMClientError
 
-        specialist = self.spec.specialists.get(request.specialist) if request.specialist else None
         tally = GenerationTally()
         started = time.perf_counter()
+        self.throughput.started()
         try:
-            call = build_engine_call(request, specialist)
+            call = build_engine_call(request, request.specialist_spec)
             async for text in self.engine.generate(call, tally, incremental=incremental):
                 yield StreamDelta(text)
         except PromptTooLongError as exc:
@@ -88,6 +89,8 @@ class ModelServer:
         except EngineDeadError as exc:
             yield self._failed("engine_dead", f"the engine of model '{self.model_name}' died: {exc}")
             return
+        finally:
+            self.throughput.finished(tally.prompt_tokens + tally.completion_tokens)
         yield GenerationResult(
             model=self.model_name,
             text=tally.text,
@@ -95,7 +98,10 @@ class ModelServer:
             prompt_tokens=tally.prompt_tokens,
             completion_tokens=tally.completion_tokens,
             mean_logprob=tally.mean_logprob,
-            extra={"engine_s": round(time.perf_counter() - started, 6)},  # lets callers see their own overhead
+            extra={
+                "engine_s": round(time.perf_counter() - started, 6),  # lets callers see their own overhead
+                "tokens_per_hour": self.throughput.tokens_per_hour(),  # this replica's rate, for derived prices
+            },
         )
 
     def _failed(self, kind: ErrorKind, message: str) -> GenerationResult:

@@ -7,7 +7,7 @@ its results, in OpenAI's shapes where a chat client is on the other end.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextvars import ContextVar
 from typing import Any
 
@@ -22,13 +22,6 @@ from deployments.pipeline_runner import PipelineRunner, UnknownPipelineError
 PIPELINE_PREFIX = "pipeline:"
 # The pipeline a model call belongs to, for metrics tags; asyncio copies it into the runner's tasks.
 CURRENT_PIPELINE: ContextVar[str] = ContextVar("slmfleet_pipeline", default="")
-RunObserver = Callable[[PipelineResult], None]
-
-
-def _observe(observer: RunObserver | None, result: PipelineResult) -> PipelineResult:
-    if observer is not None:
-        observer(result)
-    return result
 
 
 class PipelineRunRequest(BaseModel):
@@ -40,8 +33,8 @@ class PipelineRunRequest(BaseModel):
     stream: bool = False
 
 
-def add_pipeline_routes(app: FastAPI, runner: PipelineRunner, observer: RunObserver | None = None) -> None:
-    """Register the pipeline run endpoint on the router's app; ``observer`` sees every finished JSON run."""
+def add_pipeline_routes(app: FastAPI, runner: PipelineRunner) -> None:
+    """Register the pipeline run endpoint on the router's app."""
 
     @app.post("/v1/pipelines/{name}/runs")
     async def run_pipeline(name: str, body: PipelineRunRequest) -> Response:
@@ -53,11 +46,10 @@ def add_pipeline_routes(app: FastAPI, runner: PipelineRunner, observer: RunObser
             return StreamingResponse(
                 _sse(events), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
             )
-        return JSONResponse(_observe(observer, await runner.run(name, body.inputs)).to_dict())
+        return JSONResponse((await runner.run(name, body.inputs)).to_dict())
 
 
 async def _sse(events: AsyncIterator[Any]) -> AsyncIterator[str]:
-    # Streamed runs count in the per-call metrics; the run and escalation counters see JSON runs only.
     async for event in events:
         yield event.sse()
 
@@ -75,16 +67,14 @@ def chat_inputs(body: ChatCompletionRequest) -> dict[str, Any]:
     return {"message": last if isinstance(last, str) else json.dumps(last), "messages": messages}
 
 
-async def chat_via_pipeline(
-    body: ChatCompletionRequest, runner: PipelineRunner | None, observer: RunObserver | None = None
-) -> Response:
+async def chat_via_pipeline(body: ChatCompletionRequest, runner: PipelineRunner | None) -> Response:
     """Answer a chat completion whose ``model`` is ``pipeline:<name>`` with the pipeline's final output."""
     name = body.model.removeprefix(PIPELINE_PREFIX)
     if runner is None or name not in runner.pipelines:
         return error_response(404, f"The model '{body.model}' does not exist.", "model_not_found", "model")
     CURRENT_PIPELINE.set(name)
     try:
-        result = _observe(observer, await runner.run(name, chat_inputs(body)))
+        result = await runner.run(name, chat_inputs(body))
     except UnknownPipelineError as exc:
         return error_response(404, str(exc), "model_not_found", "model")
     request_id = new_id("chatcmpl")

@@ -173,13 +173,16 @@ class PipelineRunner:
         tracer: trace.Tracer | None = None,
         tracer_provider: trace.TracerProvider | None = None,
         prices: PriceBook | None = None,
+        on_finished: Callable[[PipelineResult], None] | None = None,
     ) -> None:
+        """``on_finished`` sees every finished run, JSON or streamed (the router counts runs and escalations)."""
         self._spec = spec
         self._call_model = call_model
         self._tools = tools
         self._clock = clock
         self._tracer = tracer or trace.get_tracer(__name__, tracer_provider=tracer_provider)
         self._prices = prices or PriceBook.from_spec(spec)
+        self._on_finished = on_finished
         self._plans = {name: _plan_pipeline(spec, name, tools) for name in spec.pipelines}
 
     @property
@@ -227,6 +230,8 @@ class PipelineRunner:
             result = self._finish(run, error)
             span.set_attribute("slmfleet.status", result.status)
             _set_token_attributes(span, result.tokens_in, result.tokens_out)
+        if self._on_finished is not None:
+            self._on_finished(result)
         run.event("pipeline_finished", None, **result.to_dict())
         return result
 

@@ -18,7 +18,7 @@ from ray import serve
 from ray.util.placement_group import PlacementGroup, get_current_placement_group, placement_group_table
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from cluster.spec import FleetSpec
+from cluster.spec import ModelSpec
 
 
 def replica_placement(model_name: str, engine_overrides: dict[str, Any] | None) -> dict[str, Any]:
@@ -74,9 +74,9 @@ async def probe_bundles(pg: PlacementGroup, bundles: list[dict[str, float]]) -> 
 class PlacementProbe:
     """Stand-in for ``ModelServer`` (same constructor, same Serve options): reports its placement, no engine."""
 
-    def __init__(self, model_name: str, spec: FleetSpec, engine_overrides: dict[str, Any] | None = None) -> None:
+    def __init__(self, model_name: str, model: ModelSpec, engine_overrides: dict[str, Any] | None = None) -> None:
         self.model_name = model_name
-        self.spec = spec
+        self.model = model
         self.engine_overrides = dict(engine_overrides or {})
 
     async def placement(self) -> dict[str, Any]:

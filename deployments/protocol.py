@@ -7,7 +7,10 @@ exceptions, so the router maps them to HTTP statuses without guessing at wrapped
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from cluster.spec import SpecialistSpec
 
 ErrorKind = Literal["bad_request", "context_length_exceeded", "overloaded", "engine_dead", "timeout", "internal"]
 
@@ -28,13 +31,15 @@ class Contract:
 class GenerationRequest:
     """One chat completion for a model deployment.
 
-    ``specialist`` names the specialist whose instructions, contract and sampling defaults apply; the explicit
-    fields override those defaults (None means "use the default").
+    ``specialist`` names the specialist whose instructions, contract and sampling defaults apply; the router
+    attaches its settings as ``specialist_spec`` before the request crosses to a model app (which holds no spec).
+    The explicit fields override those defaults (None means "use the default").
     """
 
     request_id: str
     messages: list[dict[str, Any]]
     specialist: str | None = None
+    specialist_spec: SpecialistSpec | None = None
     contract: Contract | None = None
     max_tokens: int | None = None
     temperature: float | None = None

@@ -12,7 +12,6 @@ import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
-from typing import Any
 
 from fastapi import FastAPI
 from ray import serve
@@ -21,7 +20,8 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 from ray.serve.handle import DeploymentHandle
 
 from cluster.cost import PriceBook, llm_reference_model
-from cluster.spec import FleetSpec
+from cluster.render.common import model_deployment_name
+from cluster.spec import FleetSpec, SpecialistSpec
 from deployments.api import build_api
 from deployments.metrics import FleetMetrics
 from deployments.pipeline_routes import CURRENT_PIPELINE
@@ -37,28 +37,44 @@ RETRY_DELAY_S = 0.5
 
 
 class ServeBackend:
-    """Model calls over Serve handles, one handle per model deployment, counted in the fleet's metrics."""
+    """Model calls over Serve handles, one handle per model deployment, counted in the fleet's metrics.
 
-    def __init__(self, handles: dict[str, DeploymentHandle], metrics: FleetMetrics | None = None) -> None:
+    A request leaves with its specialist's settings attached (the model apps do not hold the spec) and with the
+    caller's trace context.
+    """
+
+    def __init__(
+        self,
+        handles: dict[str, DeploymentHandle],
+        specialists: dict[str, SpecialistSpec] | None = None,
+        metrics: FleetMetrics | None = None,
+    ) -> None:
         self.handles = handles
-        self.metrics = metrics
+        self.specialists = specialists or {}
+        self.metrics = metrics  # its price book also takes in each replica's measured throughput
+
+    def _outgoing(self, request: GenerationRequest) -> GenerationRequest:
+        specialist = self.specialists.get(request.specialist) if request.specialist else None
+        return replace(request, specialist_spec=specialist, trace_context=current_context_carrier())
 
     async def complete(self, model: str, request: GenerationRequest) -> GenerationResult:
-        request = replace(request, trace_context=current_context_carrier())
+        request = self._outgoing(request)
         result = await self._with_retry(model, lambda: self.handles[model].generate.remote(request))
         self._count(model, request, result)
         return result
 
     async def stream(self, model: str, request: GenerationRequest) -> AsyncIterator[StreamDelta | GenerationResult]:
-        request = replace(request, trace_context=current_context_carrier())
+        request = self._outgoing(request)
         async for item in self._stream(model, request):
             if isinstance(item, GenerationResult):
                 self._count(model, request, item)
             yield item
 
     def _count(self, model: str, request: GenerationRequest, result: GenerationResult) -> None:
-        if self.metrics is not None and result.error is None:
-            self.metrics.record_call(model, request, result, CURRENT_PIPELINE.get())
+        if self.metrics is None or result.error is not None:
+            return
+        self.metrics.prices.observe_throughput(model, result.extra.get("tokens_per_hour"))
+        self.metrics.record_call(model, request, result, CURRENT_PIPELINE.get())
 
     async def _stream(self, model: str, request: GenerationRequest) -> AsyncIterator[StreamDelta | GenerationResult]:
         sent_any = False
@@ -111,20 +127,35 @@ def api_keys_from_env(spec: FleetSpec) -> frozenset[str]:
     return frozenset(key.strip() for key in raw.split(",") if key.strip())
 
 
+def model_handles(spec: FleetSpec) -> dict[str, DeploymentHandle]:
+    """A handle per spec model, to the deployment in that model's own app.
+
+    Not checked for existence: the apps of one config deploy in any order, and calls wait for replicas (or fail
+    fast with ``DeploymentUnavailableError`` once a model's app is deleted, which the backend escalates).
+    """
+    return {
+        name: serve.get_deployment_handle(model_deployment_name(name), model_deployment_name(name), _check_exists=False)
+        for name in spec.models
+    }
+
+
 @serve.ingress()
 class Router:
     """HTTP ingress; the FastAPI app is built per replica from the spec and the model handles."""
 
-    def __init__(self, spec: FleetSpec, **handles: Any) -> None:
+    def __init__(self, spec: FleetSpec, replica_per_hour: dict[str, float] | None = None) -> None:
         configure_tracing("slmfleet-router")
         self.spec = spec
-        prices = PriceBook.from_spec(spec)
+        self.prices = prices = PriceBook.from_spec(spec, replica_per_hour=replica_per_hour)
         self.metrics = FleetMetrics(prices, llm_reference_model(spec))
-        self.backend = ServeBackend(dict(handles), self.metrics)
-        self.runner = PipelineRunner(spec, self.backend.complete, ToolRegistry.from_spec(spec), prices=prices)
+        self.backend = ServeBackend(model_handles(spec), dict(spec.specialists), self.metrics)
+        tools = ToolRegistry.from_spec(spec)
+        self.runner = PipelineRunner(
+            spec, self.backend.complete, tools, prices=prices, on_finished=self.metrics.record_run
+        )
         self.api_keys = api_keys_from_env(spec)
         if spec.server.api_keys_env and not self.api_keys:
             raise RuntimeError(f"server.api_keys_env names {spec.server.api_keys_env}, which holds no keys")
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return build_api(self.spec, self.backend, self.api_keys, self.runner, self.metrics.record_run)
+        return build_api(self.spec, self.backend, self.api_keys, self.runner, self.prices)

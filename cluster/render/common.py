@@ -14,10 +14,12 @@ import yaml
 
 from cluster.placement import plan_from_store
 
-# Names of the Serve app and its deployments; deployments/app.py imports them from here (`cluster` never
-# imports `deployments`), so the rendered configs and the app builder cannot disagree.
+# Names of the Serve apps and their deployments; deployments/app.py imports them from here (`cluster` never
+# imports `deployments`), so the rendered configs and the app builder cannot disagree. The router is the app
+# named APP_NAME; every model is an app of its own, named like its one deployment.
 APP_NAME = "slmfleet"
-APP_IMPORT_PATH = "deployments.app:app"
+ROUTER_IMPORT_PATH = "deployments.app:router_app"
+MODEL_IMPORT_PATH = "deployments.app:model_app"
 ROUTER_DEPLOYMENT = "router"
 ROUTER_NUM_CPUS = 0.5
 HEALTH_CHECK_PERIOD_S = 5
@@ -32,6 +34,7 @@ class RenderError(ValueError):
 
 
 def model_deployment_name(model: str) -> str:
+    """The name of a model's deployment, and of the Serve app that holds only it."""
     return f"model-{model}"
 
 

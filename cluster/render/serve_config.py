@@ -1,23 +1,32 @@
 """Spec + plan -> a Ray Serve config file (``serve run FILE``, ``serve deploy FILE``, RayService serveConfigV2).
 
-The application's ``args`` carry the whole spec inline, so a cluster needs no spec file: the app builder
-(``deployments.app:app``) validates it with :func:`cluster.spec.parse_spec`. The ``deployments`` list repeats each
-deployment's plan options (GPU share, pool resource, placement group, autoscaling, queue bounds): Serve applies
-config options over the code's, so what runs is what this file says, and a reader sees the plan without Ray.
+The fleet is one Serve application per model plus the router application:
+
+- a model's app (``deployments.app:model_app``) is not on HTTP; its ``args`` hold only that model's settings and
+  the plan's engine arguments, so editing a pipeline or a specialist leaves its engines running, and a model can
+  be added, updated or deleted (``serve.delete("model-<name>")``) without touching the others;
+- the router's app (``deployments.app:router_app``, route ``/``) carries the whole spec inline, so a cluster needs
+  no spec file; it finds the models by app name.
+
+Each app's ``deployments`` entry holds the plan's options (GPU share, pool resource, placement group,
+autoscaling, queue bounds): Serve applies config options over the code's, so what runs is what this file says,
+and a reader sees the plan without Ray. ``slmfleet up`` deploys the same data (:mod:`deployments.app`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from cluster.deploy_options import deployment_options
+from cluster.cost import replica_hourly_prices
+from cluster.deploy_options import deployment_options, engine_overrides
 from cluster.placement import Plan
 from cluster.render.common import (
-    APP_IMPORT_PATH,
     APP_NAME,
     HEALTH_CHECK_PERIOD_S,
     HEALTH_CHECK_TIMEOUT_S,
+    MODEL_IMPORT_PATH,
     ROUTER_DEPLOYMENT,
+    ROUTER_IMPORT_PATH,
     ROUTER_NUM_CPUS,
     dump_yaml,
     header,
@@ -45,7 +54,7 @@ def spec_mapping(spec: FleetSpec) -> dict[str, Any]:
 
 
 def model_deployment(plan: Plan, spec: FleetSpec, model: str) -> dict[str, Any]:
-    """One model's deployment entry: the plan's options plus the name and health-check cadence of the app."""
+    """One model's deployment entry: the plan's options plus the name and health-check cadence."""
     options = {
         **deployment_options(plan, spec, model),
         "name": model_deployment_name(model),
@@ -65,19 +74,42 @@ def router_deployment(spec: FleetSpec) -> dict[str, Any]:
     }
 
 
-def build_serve_config(spec: FleetSpec, plan: Plan) -> dict[str, Any]:
-    """The Serve config as data (validated against ``ray.serve.schema.ServeDeploySchema`` in the tests)."""
-    application = {
+def model_application(plan: Plan, spec: FleetSpec, model: str) -> dict[str, Any]:
+    """A model's own app: reachable only through the router's handles, never on HTTP."""
+    return {
+        "name": model_deployment_name(model),
+        "route_prefix": None,
+        "import_path": MODEL_IMPORT_PATH,
+        "args": {
+            "model": model,
+            "spec": spec.models[model].model_dump(mode="json", exclude_unset=True),
+            "engine": engine_overrides(plan, model),
+        },
+        "deployments": [model_deployment(plan, spec, model)],
+    }
+
+
+def router_application(plan: Plan, spec: FleetSpec) -> dict[str, Any]:
+    """The router's app on route ``/``, with the whole spec inline and what one replica of each GPU-placed model
+    costs per hour (prices the spec does not declare are derived from it and measured throughput)."""
+    return {
         "name": APP_NAME,
         "route_prefix": "/",
-        "import_path": APP_IMPORT_PATH,
-        "args": {"spec": spec_mapping(spec)},
-        "deployments": [*(model_deployment(plan, spec, name) for name in spec.models), router_deployment(spec)],
+        "import_path": ROUTER_IMPORT_PATH,
+        "args": {"spec": spec_mapping(spec), "replica_per_hour": replica_hourly_prices(spec, plan)},
+        "deployments": [router_deployment(spec)],
     }
+
+
+def build_serve_config(spec: FleetSpec, plan: Plan) -> dict[str, Any]:
+    """The Serve config as data (validated against ``ray.serve.schema.ServeDeploySchema`` in the tests)."""
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": spec.server.host, "port": spec.server.port},
-        "applications": [application],
+        "applications": [
+            *(model_application(plan, spec, name) for name in spec.models),
+            router_application(plan, spec),
+        ],
     }
 
 

@@ -5,6 +5,7 @@ Package-scoped so its engines (about 3 GB each) are gone before the next tier st
 
 import copy
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -32,6 +33,16 @@ class Fleet:
 
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def ray_address(self, within_s: float = 30) -> str:
+        """The fleet's Ray address from its ready message (printed just after /healthz may first answer)."""
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline:
+            found = re.search(r"^Ray cluster: (\S+)", self.log.read_text(errors="replace"), re.MULTILINE)
+            if found:
+                return found.group(1)
+            time.sleep(0.5)
+        pytest.fail(f"no 'Ray cluster:' line in the fleet's log:\n{self.log_tail()}")
 
 
 class PortTaken(Exception):

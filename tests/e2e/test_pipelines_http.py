@@ -123,3 +123,28 @@ def test_cost_and_token_metrics_are_exported_for_prometheus(fleet):
     assert "ray_slmfleet_tokens_total{" in text or "ray_slmfleet_tokens" in text
     assert 'pipeline="support-triage"' in text
     assert "ray_slmfleet_llm_counterfactual_cost" in text
+
+
+def runs_counted(fleet, pipeline):
+    """ray_slmfleet_pipeline_runs_total of one pipeline (all statuses) as Prometheus shows it now."""
+    try:
+        text = httpx.get(fleet.metrics_url, timeout=5).text
+    except httpx.HTTPError:
+        return None
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("ray_slmfleet_pipeline_runs") and f'pipeline="{pipeline}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_streamed_runs_count_in_the_run_metrics(fleet):
+    before = runs_counted(fleet, "lookup-order") or 0.0
+    body = {"inputs": {"order_id": "A1001"}, "stream": True}
+    with httpx.stream("POST", f"{fleet.url}/v1/pipelines/lookup-order/runs", json=body, timeout=120) as resp:
+        last = [json.loads(line[6:]) for line in resp.iter_lines() if line.startswith("data: ")][-1]
+    assert last["type"] == "pipeline_finished" and last["data"]["status"] == "ok"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (runs_counted(fleet, "lookup-order") or 0.0) < before + 1:
+        time.sleep(2)
+    assert runs_counted(fleet, "lookup-order") == before + 1

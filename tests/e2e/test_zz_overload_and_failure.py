@@ -1,6 +1,11 @@
-"""Overload and engine death on the real fleet. Runs last in the e2e tier: it kills an engine on purpose."""
+"""Overload, engine death and a deleted model deployment on the real fleet. Runs last in the e2e tier: it kills an
+engine and deletes a model's app on purpose."""
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import time
 
 import httpx
@@ -42,7 +47,7 @@ def test_beyond_capacity_requests_get_a_fast_503_and_admitted_ones_complete(flee
 def replica_process(fleet, deployment):
     for proc in psutil.Process(fleet.proc.pid).children(recursive=True):
         try:
-            if f"ServeReplica:slmfleet:{deployment}" in " ".join(proc.cmdline()):
+            if f"ServeReplica:{deployment}:{deployment}" in " ".join(proc.cmdline()):
                 return proc
         except psutil.NoSuchProcess:
             continue
@@ -91,3 +96,68 @@ def test_dead_engine_is_reported_steps_escalate_and_the_replica_is_replaced(flee
         model="smol", messages=[{"role": "user", "content": "What is the capital of France?"}], max_tokens=16
     )
     assert "Paris" in reply.choices[0].message.content
+
+
+# A driver attached to the fleet's Ray (local clusters require Ray's auth token, which ray.init wrote to
+# ~/.ray/auth_token): it says "attached", waits for a line on stdin, then deletes the named Serve app.
+DELETE_APP_WHEN_TOLD = """
+import sys, ray
+from ray import serve
+ray.init(address=sys.argv[1], log_to_driver=False)
+print("attached", flush=True)
+sys.stdin.readline()
+serve.delete(sys.argv[2])
+print("deleted", flush=True)
+"""
+
+
+def sse_events(response):
+    for line in response.iter_lines():
+        if line.startswith("data:"):
+            yield json.loads(line[len("data:") :])
+
+
+def test_deleting_a_models_deployment_mid_run_makes_its_steps_escalate_not_fail(fleet):
+    deleter = subprocess.Popen(
+        [sys.executable, "-c", DELETE_APP_WHEN_TOLD, fleet.ray_address(), "model-smol"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "RAY_AUTH_MODE": "token"},
+    )
+    try:
+        assert deleter.stdout.readline().strip() == "attached", "could not attach a driver to the fleet's Ray"
+        steps, final = {}, None
+        body = {"inputs": {"message": "Where is my order A1001? I want a refund."}, "stream": True}
+        with httpx.stream("POST", f"{fleet.url}/v1/pipelines/triage-failover/runs", json=body, timeout=300) as resp:
+            for event in sse_events(resp):
+                if event["type"] == "step_finished":
+                    steps[event["step"]] = event["data"]
+                    if event["step"] == "classify":  # smol served the first step; now its deployment goes
+                        deleter.stdin.write("go\n")
+                        deleter.stdin.flush()
+                elif event["type"] == "pipeline_finished":
+                    final = event["data"]
+        assert deleter.stdout.readline().strip() == "deleted"
+        assert deleter.wait(60) == 0
+    finally:
+        deleter.kill()
+
+    assert final is not None and final["status"] == "ok", final
+    assert steps["classify"]["model"] == "smol" and steps["classify"]["escalations"] == []
+    later = [s for name, s in steps.items() if s["kind"] == "specialist" and name != "classify"]
+    assert later and all(s["status"] == "ok" for s in later), later
+    escalated = [s for s in later if s["escalations"]]
+    assert escalated, f"no step after the deletion escalated: {[(s['name'], s['model']) for s in later]}"
+    for step in escalated:
+        assert step["model"] == "big"
+        assert [e["reason"] for e in step["escalations"]] == ["unavailable"]
+
+    health = httpx.get(f"{fleet.url}/healthz", timeout=15)
+    assert health.status_code == 503 and health.json()["models"] == {"smol": False, "big": True}
+    after = httpx.post(
+        f"{fleet.url}/v1/pipelines/support-triage/runs", json={"inputs": {"message": "Hi there"}}, timeout=300
+    ).json()
+    assert after["status"] == "ok"
+    model_steps = [s for s in after["steps"] if s["kind"] == "specialist" and s["status"] != "skipped"]
+    assert model_steps and all(s["model"] == "big" for s in model_steps), model_steps

@@ -2,9 +2,9 @@
 
 ``serve run`` starts a fresh local Ray of its own (``--address local``, its files under a private RAY_TMPDIR, so it
 neither joins nor disturbs another Ray on this machine) with 8 logical CPUs declared (the machine has 2 cores; an
-ingress left unscheduled is the failure mode of too few). The app builder gets the spec only from the config's
-inline ``args.spec``: no spec file is read. One real vLLM engine (SmolLM2 on the CPU, ~3 GB) runs, and the whole
-process group is stopped when the test ends.
+ingress left unscheduled is the failure mode of too few). The config holds one app per model and the router's
+app, which gets the spec only from its inline ``args.spec``: no spec file is read. The default fleet's two real
+vLLM engines (SmolLM2 on the CPU, ~3 GB each) run, and the whole process group is stopped when the test ends.
 """
 
 from __future__ import annotations
@@ -120,7 +120,8 @@ def chat(url: str, payload: dict, log: Path, proc: subprocess.Popen) -> httpx.Re
 
 def test_rendered_serve_config_deploys_and_answers(served_fleet) -> None:
     url, config, log, proc = served_fleet
-    intent = config["applications"][0]["args"]["spec"]["specialists"]["intent"]
+    (router,) = [app for app in config["applications"] if app["route_prefix"] == "/"]
+    intent = router["args"]["spec"]["specialists"]["intent"]
     payload = {"model": "intent", "messages": [{"role": "user", "content": "I want my money back for this order."}]}
     response = chat(url, payload, log, proc)
     answer = response.json()["choices"][0]["message"]["content"].strip()

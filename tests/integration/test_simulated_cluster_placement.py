@@ -135,22 +135,23 @@ def deployed(cluster: Any, spec: FleetSpec, plan: Plan) -> dict[str, float]:
 
 
 def app_name(model: str) -> str:
-    from deployments.app import model_deployment_name
+    from cluster.render.common import model_deployment_name
 
     return model_deployment_name(model)
 
 
 def model_app(plan: Plan, spec: FleetSpec, name: str, **overrides: Any) -> Any:
-    """One model's deployment with the plan's options (as build_app makes it); probes stand in for big engines."""
+    """One model's app with the plan's options (as the rendered Serve config has it); probes stand in for big
+    engines."""
     from ray import serve
 
-    from deployments.app import model_deployment_options
+    from cluster.render.serve_config import model_deployment
     from deployments.model_server import ModelServer
     from deployments.placement_probe import PlacementProbe
 
     cls = ModelServer if name in REAL_ENGINES else PlacementProbe
-    options = {**model_deployment_options(plan, spec, name), **overrides}
-    return serve.deployment(cls).options(**options).bind(name, spec, engine_overrides(plan, name))
+    options = {**model_deployment(plan, spec, name), **overrides}
+    return serve.deployment(cls).options(**options).bind(name, spec.models[name], engine_overrides(plan, name))
 
 
 def running_replicas(model: str) -> int:
@@ -271,9 +272,11 @@ def test_every_replica_sits_where_the_plan_says(
     assert all(info["gpu_memory_utilization"] == plan.model(info["model"]).gpu_memory_utilization for info in real)
 
 
-def test_a_real_engine_generates_through_its_handle(deployed: dict[str, float]) -> None:
+def test_a_real_engine_generates_through_its_handle(deployed: dict[str, float], spec: FleetSpec, plan: Plan) -> None:
+    """...and reports its measured throughput, from which the router derives the price of its GPU share."""
     from ray import serve
 
+    from cluster.cost import PriceBook, replica_hourly_prices
     from deployments.protocol import GenerationRequest
 
     handle = serve.get_deployment_handle(app_name(REAL_ENGINES[0]), app_name(REAL_ENGINES[0]))
@@ -290,6 +293,14 @@ def test_a_real_engine_generates_through_its_handle(deployed: dict[str, float]) 
     assert result.model == REAL_ENGINES[0]
     assert result.text.strip()
     assert result.completion_tokens > 0
+
+    rate = result.extra["tokens_per_hour"]
+    assert rate > 0
+    book = PriceBook.from_spec(spec, replica_per_hour=replica_hourly_prices(spec, plan))
+    book.observe_throughput(REAL_ENGINES[0], rate)
+    share = plan.model(REAL_ENGINES[0]).share
+    print(f"measured {rate:,.0f} tokens/h on {share} GPU -> {book.per_1k[REAL_ENGINES[0]]:.6f} per 1k tokens")
+    assert book.per_1k[REAL_ENGINES[0]] == pytest.approx(0.8 * share / rate * 1000)
 
 
 def test_scaling_up_stays_within_the_plan(

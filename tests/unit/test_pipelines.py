@@ -408,6 +408,24 @@ def test_skipped_steps_only_report_finished():
     assert ("step_started", "extract") not in asyncio.run(collect())
 
 
+def test_every_finished_run_reaches_on_finished_streamed_or_not():
+    """The router counts runs and escalations from this hook, so SSE runs must reach it like JSON runs."""
+    finished = []
+    script = {"smol/order-fields": "nope", "big/order-fields": HAPPY["smol/order-fields"]}
+    pipeline_runner, _ = runner(script, on_finished=finished.append)
+
+    async def both():
+        json_run = await pipeline_runner.run("support-triage", MESSAGE, run_id="json")
+        events = [event async for event in pipeline_runner.run_events("support-triage", MESSAGE, run_id="sse")]
+        return json_run, events
+
+    json_run, events = asyncio.run(both())
+    assert [r.run_id for r in finished] == ["json", "sse"]
+    assert finished[0] is json_run
+    assert finished[1].to_dict() == events[-1].data
+    assert [e.reason for s in finished[1].steps for e in s.escalations] == ["contract"]
+
+
 def test_closing_the_event_stream_cancels_the_run():
     pipeline_runner, fake = runner({"smol/intent": HANG})
 

@@ -24,9 +24,10 @@ import yaml
 
 from cluster import render
 from cluster.cli import main
-from cluster.deploy_options import deployment_options, node_resources, pool_resource
+from cluster.cost import replica_hourly_prices
+from cluster.deploy_options import deployment_options, engine_overrides, node_resources, pool_resource
 from cluster.render import rayservice as rs
-from cluster.spec import load_spec, parse_spec
+from cluster.spec import ModelSpec, load_spec, parse_spec
 from cluster.spec_errors import SpecError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -99,28 +100,61 @@ def test_rendering_is_deterministic(production) -> None:
 # Serve config
 
 
+def serve_apps(spec, plan) -> dict[str, dict[str, Any]]:
+    return {app["name"]: app for app in render.build_serve_config(spec, plan)["applications"]}
+
+
 def test_serve_config_parses_with_ray_serves_own_schema(production) -> None:
     from ray.serve.schema import ServeDeploySchema
 
     spec, plan = production
     config = ServeDeploySchema.model_validate(yaml.safe_load(render.dump_yaml(render.build_serve_config(spec, plan))))
-    (app,) = config.applications
-    assert (app.name, app.import_path, app.route_prefix) == ("slmfleet", "deployments.app:app", "/")
     assert (config.http_options.host, config.http_options.port) == ("0.0.0.0", 8000)
-    names = [d.name for d in app.deployments]
-    assert names == [*(f"model-{m}" for m in spec.models), "router"]
+    apps = {app.name: app for app in config.applications}
+    assert list(apps) == [*(f"model-{m}" for m in spec.models), "slmfleet"]
+    router = apps.pop("slmfleet")
+    assert (router.import_path, router.route_prefix) == ("deployments.app:router_app", "/")
+    assert [d.name for d in router.deployments] == ["router"]
+    for name, app in apps.items():  # a model's app is reachable only through the router, never over HTTP
+        assert (app.import_path, app.route_prefix) == ("deployments.app:model_app", None)
+        assert [d.name for d in app.deployments] == [name]
 
 
-def test_serve_config_carries_the_spec_inline_and_it_round_trips(production) -> None:
+def test_router_app_carries_the_spec_inline_and_it_round_trips(production) -> None:
     spec, plan = production
-    args = render.build_serve_config(spec, plan)["applications"][0]["args"]
-    assert set(args) == {"spec"}
+    args = serve_apps(spec, plan)["slmfleet"]["args"]
+    assert set(args) == {"spec", "replica_per_hour"}
     assert parse_spec(args["spec"]) == spec
+    assert args["replica_per_hour"] == replica_hourly_prices(spec, plan) != {}
+
+
+def test_model_apps_carry_only_their_model_and_the_plans_engine_arguments(production) -> None:
+    spec, plan = production
+    apps = serve_apps(spec, plan)
+    for model in spec.models:
+        args = apps[f"model-{model}"]["args"]
+        assert args["model"] == model
+        assert ModelSpec.model_validate(args["spec"]) == spec.models[model]
+        assert args["engine"] == engine_overrides(plan, model)
+
+
+def test_editing_pipelines_and_specialists_leaves_every_model_app_unchanged(production) -> None:
+    """Serve restarts an app's replicas when its args change: a pipeline edit must not restart the engines."""
+    spec, plan = production
+    raw = yaml.safe_load((REPO / PRODUCTION).read_text())
+    name, specialist = next(iter(raw["specialists"].items()))
+    specialist["instructions"] = "Answer in French. " + specialist.get("instructions", "")
+    raw["pipelines"] = {"one-step": {"steps": {"only": {"specialist": name}}}}
+    edited = parse_spec(raw)
+    before, after = serve_apps(spec, plan), serve_apps(edited, render.plan_spec(edited))
+    assert before["slmfleet"] != after["slmfleet"]
+    for model in spec.models:
+        assert before[f"model-{model}"] == after[f"model-{model}"]
 
 
 def test_serve_config_deployments_carry_the_plan_options(production) -> None:
     spec, plan = production
-    deployments = {d["name"]: d for d in render.build_serve_config(spec, plan)["applications"][0]["deployments"]}
+    deployments = {d["name"]: d for app in serve_apps(spec, plan).values() for d in app["deployments"]}
     for model in spec.models:
         expected = deployment_options(plan, spec, model)
         entry = deployments[f"model-{model}"]
@@ -132,28 +166,37 @@ def test_serve_config_deployments_carry_the_plan_options(production) -> None:
     assert deployments["router"]["max_ongoing_requests"] == spec.server.max_ongoing_requests
 
 
-def test_renderer_names_and_options_match_the_app_builder(production) -> None:
-    """`cluster` may not import `deployments`, so the names are repeated; this keeps both sides equal."""
-    from deployments import app as app_module
+def test_slmfleet_up_deploys_the_apps_of_the_rendered_config(production) -> None:
+    """`cluster` may not import `deployments`; the app builder reads the renderer's data, so both deploy alike."""
+    from deployments.app import fleet_applications
 
     spec, plan = production
-    assert render.common.APP_NAME == app_module.APP_NAME
-    deployments = {d["name"]: d for d in render.build_serve_config(spec, plan)["applications"][0]["deployments"]}
-    for model in spec.models:
-        assert deployments[f"model-{model}"] == app_module.model_deployment_options(plan, spec, model)
-    assert deployments["router"] == app_module.router_deployment_options(spec)
+    apps = serve_apps(spec, plan)
+    targets = fleet_applications(spec, plan)
+    assert [t.name for t in targets] == list(apps)
+    for target in targets:
+        app = apps[target.name]
+        (entry,) = app["deployments"]
+        deployment = target.target._bound_deployment
+        assert target.route_prefix == app["route_prefix"]
+        assert deployment.name == entry["name"]
+        assert deployment.ray_actor_options == entry["ray_actor_options"]
+        assert deployment.max_ongoing_requests == entry["max_ongoing_requests"]
 
 
-def test_app_builder_accepts_the_inline_spec_and_rejects_both_forms(production) -> None:
-    from deployments.app import spec_from_args
+def test_app_builders_take_the_configs_args(production) -> None:
+    from deployments.app import model_app, router_app
 
     spec, plan = production
-    args = render.build_serve_config(spec, plan)["applications"][0]["args"]
-    assert spec_from_args(args) == spec
-    with pytest.raises(ValueError, match="not both"):
-        spec_from_args({**args, "fleet": "fleet.yaml"})
+    apps = serve_apps(spec, plan)
+    router = router_app(apps["slmfleet"]["args"])._bound_deployment
+    assert router.name == "router"
+    assert router.init_args == (spec, replica_hourly_prices(spec, plan))
+    model = model_app(apps["model-qwen2-5-0-5b"]["args"])._bound_deployment
+    assert model.name == "model-qwen2-5-0-5b"
+    assert model.init_args == ("qwen2-5-0-5b", spec.models["qwen2-5-0-5b"], engine_overrides(plan, "qwen2-5-0-5b"))
     with pytest.raises(SpecError, match=r"args\.spec"):
-        spec_from_args({"spec": {"models": {}}})
+        router_app({"spec": {"models": {}}})
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -391,7 +434,8 @@ def test_cli_writes_k8s_directory_and_serve_file(tmp_path, monkeypatch, capsys) 
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(rs.FILES)
     assert main(["render", "serve", "fleet.yaml"]) == 0
     stdout = capsys.readouterr().out
-    assert yaml.safe_load(stdout)["applications"][0]["args"]["spec"]["models"]["smol"]
+    router = yaml.safe_load(stdout)["applications"][-1]
+    assert router["args"]["spec"]["models"]["smol"]
 
 
 def test_cli_bad_spec_exits_2(tmp_path, capsys) -> None:

@@ -55,3 +55,70 @@ def test_two_lost_replicas_become_engine_dead(monkeypatch):
     lost = ActorUnavailableError("gone", None)
     result = run(ScriptedCalls(lost, lost), monkeypatch)
     assert result.error.kind == "engine_dead" and "no live replica" in result.error.message
+
+
+def test_a_deleted_model_app_is_retried_once_then_reported_as_engine_dead(monkeypatch):
+    """What a handle raises after `serve.delete("model-<name>")`: pipelines escalate it as 'unavailable'."""
+    from ray.serve._private.common import DeploymentID
+    from ray.serve.exceptions import DeploymentUnavailableError
+
+    gone = DeploymentUnavailableError(DeploymentID(name="model-m", app_name="model-m"))
+    call = ScriptedCalls(gone, gone)
+    assert run(call, monkeypatch).error.kind == "engine_dead" and call.count == 2
+
+
+class RecordingHandle:
+    """A fake deployment handle: records the request that ``generate.remote`` was given."""
+
+    def __init__(self):
+        self.seen = []
+        self.generate = self
+        self.answer = OK
+
+    async def remote(self, request):
+        self.seen.append(request)
+        return self.answer
+
+
+def test_requests_leave_with_their_specialists_settings_attached():
+    """Model apps hold no spec: the router sends each specialist's instructions, contract and defaults along."""
+    from cluster.spec import SpecialistSpec
+    from deployments.protocol import GenerationRequest
+
+    intent = SpecialistSpec(model="m", instructions="Classify.", output={"choice": ["a", "b"]})
+    handle = RecordingHandle()
+    backend = ServeBackend({"m": handle}, {"intent": intent})
+    asyncio.run(backend.complete("m", GenerationRequest("r1", [], specialist="intent")))
+    asyncio.run(backend.complete("m", GenerationRequest("r2", [])))
+    assert handle.seen[0].specialist_spec == intent
+    assert handle.seen[1].specialist_spec is None
+
+
+class RecordingMetrics:
+    """A fake of FleetMetrics: a real price book, calls recorded."""
+
+    def __init__(self, prices):
+        self.prices = prices
+        self.calls = []
+
+    def record_call(self, model, request, result, pipeline):
+        self.calls.append((model, self.prices.cost(model, 1000)))
+
+
+def test_each_answer_feeds_its_replicas_measured_throughput_into_the_price_book():
+    from cluster.cost import PriceBook
+    from cluster.spec import parse_spec
+    from deployments.protocol import GenerationRequest
+
+    spec = parse_spec(
+        {
+            "models": {"m": {"source": "x", "pool": "l4"}},
+            "pools": {"l4": {"accelerator": "L4", "gpus_per_node": 1, "gpu_memory_gib": 24, "price_per_gpu_hour": 1}},
+        }
+    )
+    handle = RecordingHandle()
+    handle.answer = GenerationResult(model="m", text="ok", extra={"tokens_per_hour": 500_000})
+    metrics = RecordingMetrics(PriceBook.from_spec(spec, replica_per_hour={"m": 0.5}))
+    asyncio.run(ServeBackend({"m": handle}, metrics=metrics).complete("m", GenerationRequest("r", [])))
+    # 0.5 $/h per replica / 500,000 tokens/h x 1000 = 0.001 per 1k tokens, already used for this very call
+    assert metrics.calls == [("m", 0.001)]
