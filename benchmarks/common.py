@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import httpx
 import yaml
+
+from tests.ports import free_port  # ports outside the ephemeral range, which Ray's own processes cannot take
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,21 +30,21 @@ def small_spec(path: Path, pipelines: dict | None = None) -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
-def running_fleet(pipelines: dict | None = None) -> Iterator[str]:
-    """``slmfleet up`` on a free port; yields its URL once /healthz says every model is up."""
+def running_fleet(pipelines: dict | None = None, env: dict[str, str] | None = None) -> Iterator[str]:
+    """``slmfleet up`` on a free port, with ``env`` added to its environment (and so to its Ray cluster's
+    processes); yields its URL once /healthz says every model is up."""
     work = Path(tempfile.mkdtemp(prefix="slmfleet-bench-"))
     port = free_port()
     cmd = [sys.executable, "-m", "cluster.cli", "up", "--spec", str(small_spec(work / "fleet.yaml", pipelines))]
     log = open(work / "fleet.log", "w")  # noqa: SIM115 - closed in finally
     proc = subprocess.Popen(
-        [*cmd, "--port", str(port)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        [*cmd, "--port", str(port)],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -1,10 +1,20 @@
 """Pipeline overhead: a 4-step pipeline through the router vs the same four engine calls made in one process.
 
-Run by hand: ``.venv/bin/python benchmarks/pipeline_overhead.py [--runs 24] [--concurrency 4]``.
-Both sides use one SmolLM2 engine with the default fleet's settings, one after the other in this run. The
+Run by hand: ``.venv/bin/python benchmarks/pipeline_overhead.py [--runs 24] [--concurrency 4] [--modes ...]``.
+All sides use one SmolLM2 engine with the default fleet's settings, one after the other in this run. The
 pipeline's steps are specialists (intent -> extract -> summarize -> summarize), greedy, so each side decodes the
-same tokens. Prints per-run latency on both sides, the added latency per step (p50, p99) and the throughput
-ratio (runs/s router / direct). Target (issue 4): under 5 ms added per step at p50.
+same tokens. For each Serve mode (``default``; ``throughput``: Ray Serve's RAY_SERVE_THROUGHPUT_OPTIMIZED=1;
+``lean``: only its handle-path settings, gRPC between replicas and user code on the replica's main loop) it
+prints, side by side with the direct side:
+
+- runs/s and the throughput ratio router/direct;
+- added per step, rank-matched: (router run latency - direct run latency) / 4, sorted pairs;
+- added per step, paired: (router run latency - the engine time its four calls report) / 4: everything the
+  serving path adds (HTTP, proxy, router, runner, handle hops, replica), measured within each run, so free of the
+  engine's own run-to-run drift; split into the part outside the steps (HTTP, proxy, router, runner) and the
+  part inside them around the engine (handle hop and replica).
+
+Target (issue 4): under 5 ms added per step at p50.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from dataclasses import dataclass, field
 
 import httpx
 
@@ -27,8 +38,27 @@ MESSAGES = [
     "Carlos, 45, Mexico City, asks about gift cards.",
 ]
 STEP_COUNT = len(STEPS)
-# Per run and step: client latency minus the time the runner spent inside its steps (HTTP, proxy, router, runner).
-OUTSIDE_STEPS: dict[int, list[float]] = {}
+MODES = {
+    "default": {},
+    "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+    # only the handle-path parts of it: gRPC between replicas, user code and routers on the replica's main loop
+    "lean": {
+        "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
+        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+        "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+    },
+}
+
+
+@dataclass
+class Side:
+    """One side's measurements at one concurrency."""
+
+    rate: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    paired: list[float] = field(default_factory=list)  # per step: run latency minus engine time, / steps
+    outside: list[float] = field(default_factory=list)  # per step: run latency minus step latencies, / steps
+    around_engine: list[float] = field(default_factory=list)  # per call: step attempt latency minus engine time
 
 
 async def timed_runs(one, inputs: list[str], concurrency: int) -> tuple[float, list[float]]:
@@ -47,21 +77,29 @@ async def timed_runs(one, inputs: list[str], concurrency: int) -> tuple[float, l
     return len(inputs) / (time.perf_counter() - start), latencies
 
 
-async def router_side(url: str, inputs: list[str], concurrency: int) -> tuple[float, list[float]]:
+async def router_side(url: str, inputs: list[str], concurrency: int) -> Side:
+    side = Side()
     async with httpx.AsyncClient(timeout=600) as http:
 
         async def one(message: str) -> None:
             start = time.perf_counter()
             resp = await http.post(f"{url}/v1/pipelines/bench-4/runs", json={"inputs": {"message": message}})
+            elapsed = time.perf_counter() - start
             result = resp.json()
             assert result["status"] == "ok", resp.text
-            in_steps = sum(step["latency_s"] for step in result["steps"])
-            OUTSIDE_STEPS.setdefault(concurrency, []).append((time.perf_counter() - start - in_steps) / STEP_COUNT)
+            attempts = [a for step in result["steps"] for a in step["attempts"]]
+            engine = sum(a["engine_s"] for a in attempts)
+            side.paired.append((elapsed - engine) / STEP_COUNT)
+            side.outside.append((elapsed - sum(step["latency_s"] for step in result["steps"])) / STEP_COUNT)
+            side.around_engine.extend(a["latency_s"] - a["engine_s"] for a in attempts)
 
-        return await timed_runs(one, inputs, concurrency)
+        side.rate, side.latencies = await timed_runs(one, inputs, concurrency)
+    # the warm-up run is not part of the figures
+    del side.paired[0], side.outside[0], side.around_engine[:STEP_COUNT]
+    return side
 
 
-async def direct_side(inputs: list[str], concurrency: int) -> tuple[float, list[float]]:
+async def direct_side(inputs: list[str], concurrency: int) -> Side:
     from cluster.model_store import resolve_source
     from cluster.spec import load_spec
     from deployments.chat_request import build_engine_call
@@ -79,32 +117,44 @@ async def direct_side(inputs: list[str], concurrency: int) -> tuple[float, list[
                 pass
 
     try:
-        return await timed_runs(one, inputs, concurrency)
+        rate, latencies = await timed_runs(one, inputs, concurrency)
+        return Side(rate, latencies)
     finally:
         engine.shutdown()
+
+
+def report(mode: str, c: int, router: Side, direct: Side, runs: int) -> None:
+    rank_matched = [
+        (r - d) / STEP_COUNT for r, d in zip(sorted(router.latencies), sorted(direct.latencies), strict=True)
+    ]
+    print(f"\n[{mode}] concurrency {c}, {runs} runs of {STEP_COUNT} steps")
+    print(f"  direct, in-process : {direct.rate:6.2f} runs/s   {summary(direct.latencies)}")
+    print(f"  pipeline via router: {router.rate:6.2f} runs/s   {summary(router.latencies)}")
+    print(f"  throughput ratio router/direct: {router.rate / direct.rate:.3f}")
+    print(f"  added per step, rank-matched : {summary(rank_matched)}")
+    print(f"  added per step, paired       : {summary(router.paired)}")
+    print(f"    outside the steps, per step: {summary(router.outside)}")
+    print(f"    around the engine, per call: {summary(router.around_engine)}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=24)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--modes", default="default,lean,throughput", help=f"comma-separated, of: {', '.join(MODES)}")
     args = parser.parse_args()
     inputs = [MESSAGES[i % len(MESSAGES)] for i in range(args.runs)]
-    results = {}
-    with running_fleet(PIPELINE) as url:
-        for c in (1, args.concurrency):
-            results["router", c] = asyncio.run(router_side(url, inputs, c))
-    for c in (1, args.concurrency):
-        results["direct", c] = asyncio.run(direct_side(inputs, c))
-    for c in (1, args.concurrency):
-        (r_rate, r_lat), (d_rate, d_lat) = results["router", c], results["direct", c]
-        per_step = [(r - d) / STEP_COUNT for r, d in zip(sorted(r_lat), sorted(d_lat), strict=True)]
-        print(f"\nconcurrency {c}, {len(inputs)} runs of {STEP_COUNT} steps")
-        print(f"  direct, in-process : {d_rate:6.2f} runs/s   {summary(d_lat)}")
-        print(f"  pipeline via router: {r_rate:6.2f} runs/s   {summary(r_lat)}")
-        print(f"  throughput ratio router/direct: {r_rate / d_rate:.3f}")
-        print(f"  added latency per step (rank-matched): {summary(per_step)}")
-        print(f"  time outside the steps, per step: {summary(OUTSIDE_STEPS[c])}")
+    levels = (1, args.concurrency)
+    modes = args.modes.split(",")
+    routed: dict[tuple[str, int], Side] = {}
+    for mode in modes:
+        with running_fleet(PIPELINE, env=MODES[mode]) as url:
+            for c in levels:
+                routed[mode, c] = asyncio.run(router_side(url, inputs, c))
+    direct = {c: asyncio.run(direct_side(inputs, c)) for c in levels}
+    for mode in modes:
+        for c in levels:
+            report(mode, c, routed[mode, c], direct[c], len(inputs))
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ class Attempt:
     reason: str | None = None
     detail: str = ""
     cost: float | None = None
+    engine_s: float | None = None  # time inside the model's engine; latency_s minus this is the serving path's
 
 
 @dataclass

@@ -412,7 +412,8 @@ class PipelineRunner:
                 span.set_attribute("slmfleet.failure", outcome.failure)
         cost = self._prices.cost(model, tokens_in + tokens_out)
         finish = result.finish_reason if result else None
-        return outcome, Attempt(model, tokens_in, tokens_out, latency, finish, "pending", cost=cost)
+        engine_s = result.extra.get("engine_s") if result else None
+        return outcome, Attempt(model, tokens_in, tokens_out, latency, finish, "pending", cost=cost, engine_s=engine_s)
 
     async def _guarded_call(self, model: str, request: GenerationRequest, timeout_s: float) -> CallOutcome:
         try:

@@ -530,3 +530,11 @@ def test_spec_errors_name_the_field(mutate, path, text):
     report = str(caught.value)
     assert f"pipelines.support-triage.{path}" in report
     assert text in report
+
+
+def test_each_attempt_records_the_engine_time_its_replica_measured():
+    timed = GenerationResult(model="smol", text="refund", finish_reason="stop", extra={"engine_s": 0.25})
+    result, _ = run({"smol/intent": timed})
+    classify = next(s for s in result.steps if s.name == "classify")
+    assert [a.engine_s for a in classify.attempts] == [0.25]
+    assert classify.to_dict()["attempts"][0]["engine_s"] == 0.25
