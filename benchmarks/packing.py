@@ -1,6 +1,6 @@
 """How many GPUs the planner uses, against one-model-per-GPU and the lower bounds. Run by hand:
 
-    .venv/bin/python benchmarks/packing.py [--fleets 100] [--seed 0]
+    .venv/bin/python -m benchmarks.packing [--fleets 100] [--seed 0]
 
 On examples/production.yaml and on random fleets (seeded, reproducible): planner GPUs / lower bound
 (ceil(sum of engine GiB / usable GPU GiB) plus whole-GPU groups), planner GPUs / packing bound (Martello-Toth L2 on

@@ -1,6 +1,6 @@
 """Pipeline overhead: a 4-step pipeline through the router vs the same four engine calls made in one process.
 
-Run by hand: ``.venv/bin/python benchmarks/pipeline_overhead.py [--runs 24] [--concurrency 4] [--modes ...]``.
+Run by hand: ``.venv/bin/python -m benchmarks.pipeline_overhead [--runs 24] [--concurrency 4] [--modes ...]``.
 All sides use one SmolLM2 engine with the default fleet's settings, one after the other in this run. The
 pipeline's steps are specialists (intent -> extract -> summarize -> summarize), greedy, so each side decodes the
 same tokens. For each Serve mode (``default``; ``throughput``: Ray Serve's RAY_SERVE_THROUGHPUT_OPTIMIZED=1;

@@ -1,6 +1,6 @@
 """Router overhead: the same prompts through the HTTP router vs straight into an in-process AsyncLLM.
 
-Run by hand: ``.venv/bin/python benchmarks/serving_overhead.py [--requests 32] [--max-tokens 64]``.
+Run by hand: ``.venv/bin/python -m benchmarks.serving_overhead [--requests 32] [--max-tokens 64]``.
 Both sides run one SmolLM2 engine with the same settings, one after the other in this run (the machine is too
 small to be fair to both at once), at concurrency 1 and 8, greedy decoding with ``ignore_eos`` off: output
 lengths match because the text matches. Prints output tokens/s and the ratio router/direct, the latency added

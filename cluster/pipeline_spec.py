@@ -115,6 +115,9 @@ class StepSpec(_StrictModel):
     on_error: Literal["stop", "continue"] = Field(
         "stop", description="continue: record the error (steps.<name>.error) and run the next steps"
     )
+    after: list[StepName] = Field(
+        default_factory=list, description="earlier steps that must finish first though nothing here refers to them"
+    )
 
     @property
     def kind(self) -> Literal["specialist", "model", "tool"]:
@@ -171,6 +174,10 @@ class StepSpec(_StrictModel):
             for ref in Condition.parse(self.when).refs():
                 yield "when", ref
 
+    def depends_on(self) -> set[str]:
+        """The steps this one waits for in a parallel pipeline: those it refers to, and those named in ``after``."""
+        return {ref.step for _, ref in self.refs() if ref.step is not None} | set(self.after)
+
 
 def _reraise(kind: type[Exception], parse: Callable[[], Any]) -> None:
     try:
@@ -200,10 +207,16 @@ def _model_step_problem(step: StepSpec) -> str | None:
 
 
 class PipelineSpec(_StrictModel):
-    """An agent workflow: steps run in order, each may be skipped by ``when`` and escalated by the policy."""
+    """An agent workflow: steps run in order (or as a DAG when ``parallel``), each may be skipped by ``when`` and
+    escalated by the policy."""
 
     description: str = ""
     steps: dict[StepName, StepSpec] = Field(min_length=1)
+    parallel: bool = Field(
+        False,
+        description="start each step once the steps it refers to (and its `after`) have finished, so independent "
+        "steps run at the same time; false: one after another in the order written",
+    )
     output: Any = Field(
         None, description="final output: a template, or a mapping of templates; default the last step that ran"
     )
@@ -237,6 +250,7 @@ def pipeline_issues(spec: FleetSpec, unknown_ref: UnknownRef) -> list[SpecIssue]
             issues += _target_issues(spec, path, step, unknown_ref)
             issues += _escalation_issues(spec, f"{path}.escalation", step.escalation, unknown_ref)
             issues += _ref_issues(spec, pipeline, path, step.refs(), earlier=earlier, unknown_ref=unknown_ref)
+            issues += _after_issues(pipeline, path, step, earlier, unknown_ref)
             earlier.append(step_name)
         if pipeline.output is not None:
             refs = (("output", ref) for t in parse_value_templates(pipeline.output) for ref in t.refs())
@@ -293,6 +307,20 @@ def _ref_issues(
             )
         else:
             issues.append(unknown_ref(f"{path}.{field}", step, "earlier step", earlier))
+    return issues
+
+
+def _after_issues(
+    pipeline: PipelineSpec, path: str, step: StepSpec, earlier: list[str], unknown_ref: UnknownRef
+) -> list[SpecIssue]:
+    issues = []
+    for index, name in enumerate(step.after):
+        if name in earlier:
+            continue
+        if name in pipeline.steps:
+            issues.append(SpecIssue(f"{path}.after[{index}]", name, f"step '{name}' comes later", "name earlier steps"))
+        else:
+            issues.append(unknown_ref(f"{path}.after[{index}]", name, "earlier step", earlier))
     return issues
 
 

@@ -74,6 +74,7 @@ class _StepPlan:
     llm_model: str | None  # prices this step's LLM-tier counterfactual
     input: Template | None
     when: Condition | None
+    depends_on: frozenset[str]  # in a parallel pipeline, the steps that must finish first
 
 
 @dataclass(frozen=True)
@@ -82,12 +83,14 @@ class _PipelinePlan:
     steps: tuple[_StepPlan, ...]
     output: Any  # None, a template string, or a mapping of templates
     llm_model: str | None
+    parallel: bool
 
 
 def _plan_pipeline(spec: FleetSpec, name: str, tools: ToolRegistry) -> _PipelinePlan:
     pipeline = spec.pipelines[name]
     steps = tuple(_plan_step(spec, pipeline, step, tools) for step in pipeline.steps)
-    return _PipelinePlan(name, steps, pipeline.output, llm_reference_model(spec, pipeline.escalation.to))
+    llm = llm_reference_model(spec, pipeline.escalation.to)
+    return _PipelinePlan(name, steps, pipeline.output, llm, pipeline.parallel)
 
 
 def _plan_step(spec: FleetSpec, pipeline: PipelineSpec, name: str, tools: ToolRegistry) -> _StepPlan:
@@ -108,6 +111,7 @@ def _plan_step(spec: FleetSpec, pipeline: PipelineSpec, name: str, tools: ToolRe
         llm_model=llm_reference_model(spec, policy.to),
         input=Template.parse(step.input_template) if calls_model else None,
         when=Condition.parse(step.when) if step.when is not None else None,
+        depends_on=frozenset(step.depends_on()),
     )
 
 
@@ -158,6 +162,14 @@ class _Run:
 
 def _no_emit(_event: StepEvent) -> None:
     return None
+
+
+class _StopRun(Exception):
+    """A parallel run's step failed with ``on_error: stop``: the run ends with its error."""
+
+    def __init__(self, error: StepError | None) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class PipelineRunner:
@@ -236,6 +248,8 @@ class PipelineRunner:
         return result
 
     async def _run_steps(self, run: _Run) -> StepError | None:
+        if run.plan.parallel:
+            return await self._run_steps_parallel(run)
         for step in run.plan.steps:
             result = await self._run_step(run, step)
             run.record(result)
@@ -243,7 +257,32 @@ class PipelineRunner:
                 return result.error
         return None
 
+    async def _run_steps_parallel(self, run: _Run) -> StepError | None:
+        """Each step starts once the steps it depends on have finished; a failing ``on_error: stop`` step cancels
+        the steps still running or waiting, as a sequential run would never have started them."""
+        finished = {step.name: asyncio.Event() for step in run.plan.steps}
+
+        async def one(step: _StepPlan) -> None:
+            for name in step.depends_on:
+                await finished[name].wait()
+            result = await self._run_step(run, step)
+            run.record(result)
+            if result.status == "failed" and step.spec.on_error == "stop":
+                raise _StopRun(result.error)
+            finished[step.name].set()
+
+        stops: list[_StopRun] = []
+        try:
+            async with asyncio.TaskGroup() as group:
+                for step in run.plan.steps:
+                    group.create_task(one(step))
+        except* _StopRun as group_error:
+            stops.extend(e for e in group_error.exceptions if isinstance(e, _StopRun))
+        return stops[0].error if stops else None
+
     def _finish(self, run: _Run, error: StepError | None) -> PipelineResult:
+        order = {step.name: index for index, step in enumerate(run.plan.steps)}
+        run.results.sort(key=lambda result: order[result.name])  # as written, however a parallel run finished
         steps = run.results
         output = None if error else self._final_output(run)
         cost = CostSummary.of((s.cost for s in steps), (s.llm_cost for s in steps), run.plan.llm_model)

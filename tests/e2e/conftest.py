@@ -67,7 +67,7 @@ def wait_until_healthy(fleet: Fleet) -> None:
 
 def e2e_spec(path: Path) -> Path:
     """The default fleet plus test pipelines: the demo forced to escalate, the demo with a short step timeout,
-    and a lookup of a given order."""
+    a lookup of a given order, and a parallel fan-out (two specialists at once, then a reply reading both)."""
     spec = yaml.safe_load((ROOT / "fleet.yaml").read_text())
     demo = copy.deepcopy(spec["pipelines"]["support-triage"])
     demo["escalation"]["min_confidence"] = 1.0  # no answer is that sure: every model step escalates
@@ -75,6 +75,18 @@ def e2e_spec(path: Path) -> Path:
     failover = copy.deepcopy(spec["pipelines"]["support-triage"])
     failover["step_timeout_s"] = 20  # shorter than a replica's replacement: a call waiting for it escalates
     spec["pipelines"]["triage-failover"] = failover
+    spec["pipelines"]["fan-out"] = {
+        "parallel": True,
+        "steps": {
+            "intent": {"specialist": "intent"},
+            "fields": {"specialist": "order-fields"},
+            "reply": {
+                "specialist": "support-reply",
+                "input": "Intent: {{ steps.intent.output }}. Order: {{ steps.fields.output.order_id }}.",
+            },
+        },
+        "output": {"intent": "{{ steps.intent.output }}", "order": "{{ steps.fields.output }}"},
+    }
     spec["pipelines"]["lookup-order"] = {
         "steps": {"lookup": {"tool": "order-status", "args": {"order_id": "{{ input.order_id }}"}}},
     }

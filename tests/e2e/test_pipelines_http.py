@@ -148,3 +148,15 @@ def test_streamed_runs_count_in_the_run_metrics(fleet):
     while time.monotonic() < deadline and (runs_counted(fleet, "lookup-order") or 0.0) < before + 1:
         time.sleep(2)
     assert runs_counted(fleet, "lookup-order") == before + 1
+
+
+def test_a_parallel_pipeline_runs_independent_steps_at_once_on_the_real_fleet(fleet):
+    result = run(fleet, "fan-out", {"message": MESSAGE})
+    assert result["status"] == "ok", result["error"]
+    intent, fields, reply = result["steps"]
+    assert intent["output"] in INTENTS
+    jsonschema.validate(fields["output"], ORDER_SCHEMA)
+    assert result["output"] == {"intent": intent["output"], "order": fields["output"]}
+    # the reply waited for both; the two independent steps overlapped (each took well over the router's overhead)
+    overlap_s = intent["latency_s"] + fields["latency_s"] - (result["latency_s"] - reply["latency_s"])
+    assert overlap_s > 0.05, (intent["latency_s"], fields["latency_s"], result["latency_s"], reply["latency_s"])

@@ -522,6 +522,8 @@ def test_example_and_default_fleets_load():
         (lambda p: p["steps"]["reply"].update(retry=1), "steps.reply.retry", "unknown key"),
         (lambda p: p["escalation"].update(min_confidence=1.5), "escalation.min_confidence", "less than or equal to 1"),
         (lambda p: p["steps"].update({"Bad Name": {"specialist": "intent"}}), "steps.Bad Name", "pattern"),
+        (lambda p: p["steps"]["extract"].update(after=["reply"]), "steps.extract.after[0]", "comes later"),
+        (lambda p: p["steps"]["reply"].update(after=["clasify"]), "steps.reply.after[0]", "did you mean 'classify'"),
     ],
 )
 def test_spec_errors_name_the_field(mutate, path, text):
@@ -538,3 +540,80 @@ def test_each_attempt_records_the_engine_time_its_replica_measured():
     classify = next(s for s in result.steps if s.name == "classify")
     assert [a.engine_s for a in classify.attempts] == [0.25]
     assert classify.to_dict()["attempts"][0]["engine_s"] == 0.25
+
+
+# --- parallel pipelines (a DAG of steps) ----------------------------------------------------------------------
+
+
+class TimedCaller(FakeModelCaller):
+    """The fake caller, with every call taking ``delay_s`` and the calls in flight at once recorded."""
+
+    def __init__(self, script, delay_s=0.05):
+        super().__init__(script)
+        self.delay_s = delay_s
+        self.in_flight = 0
+        self.most_at_once = 0
+        self.order = []
+
+    async def __call__(self, model, request):
+        self.in_flight += 1
+        self.most_at_once = max(self.most_at_once, self.in_flight)
+        self.order.append(("start", request.specialist))
+        try:
+            await asyncio.sleep(self.delay_s)
+            return await super().__call__(model, request)
+        finally:
+            self.in_flight -= 1
+            self.order.append(("end", request.specialist))
+
+
+FAN_OUT = {
+    "parallel": True,
+    "steps": {
+        "intent": {"specialist": "intent"},
+        "fields": {"specialist": "order-fields"},
+        "reply": {
+            "specialist": "support-reply",
+            "input": "{{ steps.intent.output }} / {{ steps.fields.output.order_id }}",
+        },
+        "audit": {"specialist": "intent", "after": ["reply"]},
+    },
+}
+
+
+def parallel_run(pipeline, script=None):
+    data = copy.deepcopy(DEMO)
+    data["pipelines"] = {"fan-out": pipeline}
+    spec = parse_spec(data)
+    fake = TimedCaller({**HAPPY, **(script or {})})
+    result = asyncio.run(PipelineRunner(spec, fake, ToolRegistry.from_spec(spec)).run("fan-out", MESSAGE))
+    return result, fake
+
+
+def test_independent_steps_of_a_parallel_pipeline_run_at_the_same_time():
+    result, fake = parallel_run(FAN_OUT)
+    assert result.status == "ok"
+    assert fake.most_at_once == 2  # intent and fields together; reply and audit each wait
+    reply = fake.order.index(("start", "support-reply"))
+    assert fake.order.index(("end", "intent")) < reply and fake.order.index(("end", "order-fields")) < reply
+    assert fake.request("support-reply").messages[-1]["content"] == "refund / A1002"
+    audit_start = max(i for i, event in enumerate(fake.order) if event == ("start", "intent"))
+    assert fake.order.index(("end", "support-reply")) < audit_start  # `after` orders it without a reference
+    assert [s.name for s in result.steps] == ["intent", "fields", "reply", "audit"]  # as written
+    assert result.output == "refund"  # default output: the last step as written
+
+
+def test_the_same_pipeline_without_parallel_runs_one_step_at_a_time():
+    result, fake = parallel_run({**FAN_OUT, "parallel": False})
+    assert result.status == "ok" and fake.most_at_once == 1
+
+
+def test_a_stopping_failure_in_a_parallel_pipeline_cancels_the_steps_still_running():
+    script = {"smol/intent": RuntimeError("boom"), "big/intent": RuntimeError("boom"), "smol/order-fields": HANG}
+    pipeline = {**FAN_OUT, "escalation": {"to": None}}
+    result, fake = parallel_run(pipeline, script)
+    assert result.status == "failed"
+    assert result.error.step == "intent"
+    assert [s.name for s in result.steps] == ["intent"]  # fields was cancelled mid-call, reply never started
+    assert fake.cancelled == 1
+    assert all(specialist != "support-reply" for _, specialist in fake.order)
