@@ -3,9 +3,9 @@
 Run by hand: ``.venv/bin/python -m benchmarks.pipeline_overhead [--runs 24] [--concurrency 4] [--modes ...]``.
 All sides use one SmolLM2 engine with the default fleet's settings, one after the other in this run. The
 pipeline's steps are specialists (intent -> extract -> summarize -> summarize), greedy, so each side decodes the
-same tokens. For each Serve mode (``default``; ``throughput``: Ray Serve's RAY_SERVE_THROUGHPUT_OPTIMIZED=1;
-``lean``: only its handle-path settings, gRPC between replicas and user code on the replica's main loop) it
-prints, side by side with the direct side:
+same tokens. For each Serve mode (``fleet``: as ``slmfleet up`` runs, with ``SERVE_ENV``'s handle-path settings;
+``ray-defaults``: Ray Serve's own defaults; ``throughput``: RAY_SERVE_THROUGHPUT_OPTIMIZED=1, direct ingress
+included) it prints, side by side with the direct side:
 
 - runs/s and the throughput ratio router/direct;
 - added per step, rank-matched: (router run latency - direct run latency) / 4, sorted pairs;
@@ -39,14 +39,16 @@ MESSAGES = [
 ]
 STEP_COUNT = len(STEPS)
 MODES = {
-    "default": {},
-    "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
-    # only the handle-path parts of it: gRPC between replicas, user code and routers on the replica's main loop
-    "lean": {
-        "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
-        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
-        "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+    # what `slmfleet up` runs: Ray's defaults plus cluster.render.common.SERVE_ENV
+    "fleet": {},
+    # Ray Serve's own defaults for the handle path (what SERVE_ENV changes)
+    "ray-defaults": {
+        "RAY_SERVE_USE_GRPC_BY_DEFAULT": "0",
+        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "1",
+        "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1",
     },
+    # Serve's whole throughput-optimized mode, direct ingress (no proxy) included
+    "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
 }
 
 
@@ -141,7 +143,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=24)
     parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--modes", default="default,lean,throughput", help=f"comma-separated, of: {', '.join(MODES)}")
+    parser.add_argument(
+        "--modes", default="fleet,ray-defaults,throughput", help=f"comma-separated, of: {', '.join(MODES)}"
+    )
     args = parser.parse_args()
     inputs = [MESSAGES[i % len(MESSAGES)] for i in range(args.runs)]
     levels = (1, args.concurrency)

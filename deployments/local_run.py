@@ -9,8 +9,10 @@ import ipaddress
 import os
 import signal
 import time
+from collections.abc import MutableMapping
 
 from cluster.model_store import resolve_source
+from cluster.render.common import SERVE_ENV
 from cluster.spec import FleetSpec
 from cluster.spec_errors import SpecError, SpecIssue
 from deployments.tools import ToolLoadError, import_callable
@@ -38,6 +40,12 @@ def exposure_issues(spec: FleetSpec, host: str) -> list[SpecIssue]:
             )
         ]
     return []
+
+
+def apply_serve_env(environ: MutableMapping[str, str]) -> None:
+    """Serve's settings for a fleet (:data:`SERVE_ENV`), where the caller's environment does not set them."""
+    for name, value in SERVE_ENV.items():
+        environ.setdefault(name, value)
 
 
 def _is_loopback(host: str) -> bool:
@@ -72,8 +80,9 @@ def run_local(
         resolve_source(model.source)
 
     if address:
-        ray.init(address=address)
+        ray.init(address=address)  # a running cluster keeps the environment it was started with
     else:
+        apply_serve_env(os.environ)  # before ray.init: every process of the local cluster inherits it
         ray.init(
             address="local",
             num_cpus=num_cpus,

@@ -152,6 +152,11 @@ class _Run:
     scope: dict[str, Any]
     results: list[StepResult] = field(default_factory=list)
 
+    @property
+    def listening(self) -> bool:
+        """Whether anyone takes events (an SSE run): the big payloads are built only then."""
+        return self.emit is not _no_emit
+
     def event(self, event_type: EventType, step: str | None, /, **data: Any) -> None:
         self.emit(StepEvent(event_type, self.plan.name, self.run_id, step, data))
 
@@ -244,7 +249,8 @@ class PipelineRunner:
             _set_token_attributes(span, result.tokens_in, result.tokens_out)
         if self._on_finished is not None:
             self._on_finished(result)
-        run.event("pipeline_finished", None, **result.to_dict())
+        if run.listening:
+            run.event("pipeline_finished", None, **result.to_dict())
         return result
 
     async def _run_steps(self, run: _Run) -> StepError | None:
@@ -319,7 +325,8 @@ class PipelineRunner:
                 result = await runner(run, step)
             result.latency_s = self._clock() - started
             _annotate_step_span(span, result)
-        run.event("step_finished", step.name, **result.to_dict())
+        if run.listening:
+            run.event("step_finished", step.name, **result.to_dict())
         return result
 
     def _skip_or_fail_condition(self, run: _Run, step: _StepPlan) -> StepResult | None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from cluster.deploy_options import node_resources
 from cluster.placement import Plan
-from cluster.render.common import APP_NAME, PYTHON_TAG, RAY_VERSION, dump_yaml, header
+from cluster.render.common import APP_NAME, PYTHON_TAG, RAY_VERSION, SERVE_ENV, dump_yaml, header
 from cluster.render.hardware import AWS_HEAD_INSTANCE, InstanceType, aws_instance
 from cluster.spec import FleetSpec, PoolSpec
 
@@ -61,8 +61,10 @@ def build_ray_cluster(spec: FleetSpec, plan: Plan) -> dict[str, Any]:
 
 
 def _load_env() -> str:
-    """Export the variables of the env file into ``ray start``, whose workers (the router) inherit them."""
-    return f"set -a; . ~/{ENV_FILE}; set +a;"
+    """Export Serve's settings, then the variables of the env file (which may override them), into ``ray start``,
+    whose workers (the router, the model replicas) inherit them."""
+    serve_env = " ".join(f"{name}={value}" for name, value in SERVE_ENV.items())
+    return f"export {serve_env}; set -a; . ~/{ENV_FILE}; set +a;"
 
 
 def _node_config(instance: InstanceType) -> dict[str, Any]:

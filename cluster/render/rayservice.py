@@ -18,7 +18,16 @@ from typing import Any
 
 from cluster.deploy_options import node_resources
 from cluster.placement import Plan
-from cluster.render.common import APP_NAME, PYTHON_TAG, RAY_VERSION, RenderError, dump_documents, dump_yaml, header
+from cluster.render.common import (
+    APP_NAME,
+    PYTHON_TAG,
+    RAY_VERSION,
+    SERVE_ENV,
+    RenderError,
+    dump_documents,
+    dump_yaml,
+    header,
+)
 from cluster.render.hardware import pod_cpus, pod_memory_gib
 from cluster.render.serve_config import build_serve_config
 from cluster.spec import FleetSpec, PoolSpec
@@ -56,11 +65,8 @@ def check_exposable(spec: FleetSpec) -> None:
 
 
 def container_env(spec: FleetSpec) -> list[dict[str, Any]]:
-    """Environment of every Ray container: the API keys from the Secret, the optional HF token, Serve packing."""
-    env: list[dict[str, Any]] = [
-        # Serve packs replicas onto few nodes like the plan does, instead of spreading them (docs/placement.md).
-        {"name": "RAY_SERVE_USE_COMPACT_SCHEDULING_STRATEGY", "value": "1"},
-    ]
+    """Environment of every Ray container: Serve's settings, the API keys from the Secret, the optional HF token."""
+    env: list[dict[str, Any]] = [{"name": name, "value": value} for name, value in SERVE_ENV.items()]
     if spec.server.api_keys_env:
         env.append(_secret_env(spec.server.api_keys_env, API_KEYS_SECRET, API_KEYS_SECRET_KEY, optional=False))
     env.append(_secret_env("HF_TOKEN", HF_TOKEN_SECRET, HF_TOKEN_SECRET_KEY, optional=True))

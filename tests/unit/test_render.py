@@ -455,3 +455,29 @@ def test_cli_unplaceable_spec_exits_2(tmp_path, capsys) -> None:
     assert main(["render", "k8s", str(path), "-o", str(tmp_path / "k8s")]) == 2
     assert "qwen2-5-32b" in capsys.readouterr().err
     assert not (tmp_path / "k8s").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Serve's environment: the same settings wherever a fleet runs
+
+
+def test_every_ray_container_and_node_and_local_run_gets_serves_settings(rayservice_doc, production) -> None:
+    from cluster.render.common import SERVE_ENV
+    from deployments.local_run import apply_serve_env
+
+    cluster = rayservice_doc["spec"]["rayClusterConfig"]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for group in groups:
+        (container,) = group["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert {name: env.get(name) for name in SERVE_ENV} == SERVE_ENV, group.get("groupName", "head")
+
+    launcher = render.build_ray_cluster(*production)
+    for command in (launcher["head_start_ray_commands"][1], launcher["worker_start_ray_commands"][1]):
+        exports = command.split(";")[0]
+        assert all(f"{name}={value}" in exports for name, value in SERVE_ENV.items()), command
+        assert command.index("export") < command.index("slmfleet.env")  # the env file may override them
+
+    environ = {"RAY_SERVE_USE_GRPC_BY_DEFAULT": "0"}  # a user's own choice wins
+    apply_serve_env(environ)
+    assert environ == {**SERVE_ENV, "RAY_SERVE_USE_GRPC_BY_DEFAULT": "0"}
