@@ -68,6 +68,7 @@ def build_api(
     ``prices`` is the router's live book (declared prices, or derived ones that follow measured throughput).
     """
     prices = prices or PriceBook.from_spec(spec)
+    llm = llm_reference_model(spec)  # the counterfactual's model, fixed for the app's life
     app = FastAPI(title="slm-fleet router", docs_url=None, redoc_url=None)
     _install_error_handlers(app)
     if api_keys:
@@ -90,13 +91,13 @@ def build_api(
     async def chat_completions(body: ChatCompletionRequest) -> Response:
         if body.model.startswith(PIPELINE_PREFIX):
             return await chat_via_pipeline(body, runner)
-        return await answer_chat(spec, backend, body, prices)
+        return await answer_chat(spec, backend, body, prices, llm)
 
     return app
 
 
 async def answer_chat(
-    spec: FleetSpec, backend: ModelBackend, body: ChatCompletionRequest, prices: PriceBook
+    spec: FleetSpec, backend: ModelBackend, body: ChatCompletionRequest, prices: PriceBook, llm: str | None
 ) -> Response:
     """One chat completion on a model or specialist, plain or streamed."""
     target = resolve_target(spec, body.model)
@@ -117,7 +118,7 @@ async def answer_chat(
         return generation_error_response(GenerationError("timeout", f"no answer within {timeout_s:.0f} s"))
     if result.error is not None:
         return generation_error_response(result.error)
-    result.extra["cost"] = response_cost(prices, llm_reference_model(spec), model, result)
+    result.extra["cost"] = response_cost(prices, llm, model, result)
     return JSONResponse(completion_body(request.request_id, body.model, result))
 
 

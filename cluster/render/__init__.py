@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cluster.render.common import RenderError, display_path, dump_yaml, header, plan_spec
+from cluster.placement import plan_from_store
+from cluster.render.common import RenderError, display_path, dump_yaml, header
 from cluster.render.ray_cluster import build_ray_cluster, ray_cluster_text
 from cluster.render.rayservice import build_rayservice, k8s_files, network_policy
 from cluster.render.serve_config import build_serve_config, serve_config_text
@@ -26,7 +27,6 @@ __all__ = [
     "header",
     "k8s_files",
     "network_policy",
-    "plan_spec",
     "ray_cluster_text",
     "render_files",
     "serve_config_text",
@@ -42,7 +42,7 @@ def render_files(kind: str, spec_path: str, output: str | None) -> dict[Path | N
     if kind not in KINDS:
         raise RenderError(f"unknown render kind {kind!r}; use one of {', '.join(KINDS)}")
     spec = load_spec(spec_path)
-    plan = plan_spec(spec)
+    plan = plan_from_store(spec)
     output = output or ("k8s" if kind == "k8s" else None)
     source = display_path(spec_path)
     command = f"slmfleet render {kind} {source}" + (f" -o {display_path(output)}" if output else "")

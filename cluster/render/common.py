@@ -1,4 +1,4 @@
-"""Shared pieces of the renderers: the plan as ``serve run`` would compute it, names, headers and YAML output.
+"""Shared pieces of the renderers: app and deployment names, Serve's environment, headers and YAML output.
 
 Everything rendered must be byte-for-byte reproducible (the committed ``k8s/`` and ``ray-cluster.yaml`` are
 drift-checked), so YAML is written with insertion-ordered keys built in a fixed order, no anchors, and block
@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from cluster.placement import plan_from_store
 
 # Names of the Serve apps and their deployments; deployments/app.py imports them from here (`cluster` never
 # imports `deployments`), so the rendered configs and the app builder cannot disagree. The router is the app
@@ -49,9 +47,6 @@ class RenderError(ValueError):
 def model_deployment_name(model: str) -> str:
     """The name of a model's deployment, and of the Serve app that holds only it."""
     return f"model-{model}"
-
-
-plan_spec = plan_from_store  # the plan ``slmfleet plan`` prints and the app builder computes
 
 
 def display_path(path: str | Path) -> str:

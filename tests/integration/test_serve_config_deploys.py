@@ -26,6 +26,7 @@ import yaml
 
 from cluster import render
 from cluster.model_store import resolve_source
+from cluster.placement import plan_from_store
 from cluster.spec import load_spec
 from tests.ports import free_port
 
@@ -43,7 +44,7 @@ def render_default_fleet(path: Path, port: int) -> dict:
     spec = load_spec(REPO / "fleet.yaml")
     for model in spec.models.values():  # convert bundled weights here once, not inside the replica's start-up
         resolve_source(model.source)
-    text = render.serve_config_text(spec, render.plan_spec(spec), "fleet.yaml", "slmfleet render serve fleet.yaml")
+    text = render.serve_config_text(spec, plan_from_store(spec), "fleet.yaml", "slmfleet render serve fleet.yaml")
     config = yaml.safe_load(text)
     config["http_options"]["port"] = port
     path.write_text(render.dump_yaml(config))

@@ -26,6 +26,7 @@ from cluster import render
 from cluster.cli import main
 from cluster.cost import replica_hourly_prices
 from cluster.deploy_options import deployment_options, engine_overrides, node_resources, pool_resource
+from cluster.placement import plan_from_store
 from cluster.render import rayservice as rs
 from cluster.spec import ModelSpec, load_spec, parse_spec
 from cluster.spec_errors import SpecError
@@ -40,7 +41,7 @@ K8S_VERSION = "1.30"
 @pytest.fixture(scope="module")
 def production():
     spec = load_spec(REPO / PRODUCTION)
-    return spec, render.plan_spec(spec)
+    return spec, plan_from_store(spec)
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +92,7 @@ def test_every_generated_file_says_how_it_was_generated(monkeypatch) -> None:
 def test_rendering_is_deterministic(production) -> None:
     spec, plan = production
     first = render.k8s_files(spec, plan, PRODUCTION, "cmd")
-    again = render.k8s_files(load_spec(REPO / PRODUCTION), render.plan_spec(spec), PRODUCTION, "cmd")
+    again = render.k8s_files(load_spec(REPO / PRODUCTION), plan_from_store(spec), PRODUCTION, "cmd")
     assert first == again
     assert "&id" not in first["rayservice.yaml"], "YAML anchors make diffs unreadable"
 
@@ -146,7 +147,7 @@ def test_editing_pipelines_and_specialists_leaves_every_model_app_unchanged(prod
     specialist["instructions"] = "Answer in French. " + specialist.get("instructions", "")
     raw["pipelines"] = {"one-step": {"steps": {"only": {"specialist": name}}}}
     edited = parse_spec(raw)
-    before, after = serve_apps(spec, plan), serve_apps(edited, render.plan_spec(edited))
+    before, after = serve_apps(spec, plan), serve_apps(edited, plan_from_store(edited))
     assert before["slmfleet"] != after["slmfleet"]
     for model in spec.models:
         assert before[f"model-{model}"] == after[f"model-{model}"]
@@ -359,12 +360,12 @@ def test_no_secret_value_is_ever_rendered(monkeypatch) -> None:
 def test_k8s_refuses_a_fleet_open_without_keys_or_on_loopback() -> None:
     spec = load_spec(REPO / "fleet.yaml")
     with pytest.raises(render.RenderError, match=r"0\.0\.0\.0"):
-        render.k8s_files(spec, render.plan_spec(spec), "fleet.yaml", "cmd")
+        render.k8s_files(spec, plan_from_store(spec), "fleet.yaml", "cmd")
     data = yaml.safe_load((REPO / PRODUCTION).read_text())
     data["server"].pop("api_keys_env")
     open_spec = parse_spec(data)
     with pytest.raises(render.RenderError, match="api_keys_env"):
-        render.k8s_files(open_spec, render.plan_spec(open_spec), PRODUCTION, "cmd")
+        render.k8s_files(open_spec, plan_from_store(open_spec), PRODUCTION, "cmd")
 
 
 def test_kustomize_builds_the_directory() -> None:
