@@ -104,8 +104,8 @@ async def router_side(url: str, inputs: list[str], concurrency: int) -> Side:
 async def direct_side(inputs: list[str], concurrency: int) -> Side:
     from cluster.model_store import resolve_source
     from cluster.spec import load_spec
-    from deployments.chat_request import build_engine_call
-    from deployments.engine import ChatEngine, GenerationTally
+    from deployments.model.chat_request import build_engine_call
+    from deployments.model.engine import ChatEngine, GenerationTally
     from deployments.protocol import GenerationRequest
 
     spec = load_spec("fleet.yaml")

@@ -62,8 +62,8 @@ async def run_router(url: str, prompts: list[str], concurrency: int, max_tokens:
 async def run_direct(prompts: list[str], concurrency: int, max_tokens: int) -> tuple[float, list[float]]:
     from cluster.model_store import resolve_source
     from cluster.spec import load_spec
-    from deployments.chat_request import build_engine_call
-    from deployments.engine import ChatEngine, GenerationTally
+    from deployments.model.chat_request import build_engine_call
+    from deployments.model.engine import ChatEngine, GenerationTally
     from deployments.protocol import GenerationRequest
 
     spec = load_spec("fleet.yaml")

@@ -17,8 +17,8 @@ from cluster.placement import Plan, plan_from_store
 from cluster.render.common import MODEL_IMPORT_PATH, ROUTER_IMPORT_PATH, model_deployment_name
 from cluster.render.serve_config import build_serve_config, router_deployment
 from cluster.spec import FleetSpec, ModelSpec, parse_spec
-from deployments.model_server import ModelServer
-from deployments.router import Router
+from deployments.model.server import ModelServer
+from deployments.router.ingress import Router
 
 __all__ = ["fleet_applications", "model_app", "router_app"]
 

@@ -15,7 +15,7 @@ from cluster.model_store import resolve_source
 from cluster.render.common import SERVE_ENV
 from cluster.spec import FleetSpec
 from cluster.spec_errors import SpecError, SpecIssue
-from deployments.tools import ToolLoadError, import_callable
+from deployments.pipeline.tools import ToolLoadError, import_callable
 
 
 def exposure_issues(spec: FleetSpec, host: str) -> list[SpecIssue]:

@@ -146,7 +146,7 @@ def model_app(plan: Plan, spec: FleetSpec, name: str, **overrides: Any) -> Any:
     from ray import serve
 
     from cluster.render.serve_config import model_deployment
-    from deployments.model_server import ModelServer
+    from deployments.model.server import ModelServer
     from deployments.placement_probe import PlacementProbe
 
     cls = ModelServer if name in REAL_ENGINES else PlacementProbe

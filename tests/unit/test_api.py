@@ -7,10 +7,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from cluster.spec import load_spec
-from deployments.api import build_api
-from deployments.pipeline_runner import PipelineRunner
+from deployments.pipeline.runner import PipelineRunner
+from deployments.pipeline.tools import ToolRegistry
 from deployments.protocol import GenerationError, GenerationResult, StreamDelta
-from deployments.tools import ToolRegistry
+from deployments.router.api import build_api
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = load_spec(ROOT / "fleet.yaml")

@@ -4,7 +4,7 @@ import itertools
 import multiprocessing
 import time
 
-from deployments.gpu_start_lock import gpu_start_lock
+from deployments.model.gpu_start_lock import gpu_start_lock
 
 HOLD_S = 0.4
 

@@ -13,9 +13,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from cluster.spec import load_spec, parse_spec
 from cluster.spec_errors import SpecError
-from deployments.pipeline_runner import PipelineRunner, UnknownPipelineError
+from deployments.pipeline.runner import PipelineRunner, UnknownPipelineError
+from deployments.pipeline.tools import ToolRegistry
 from deployments.protocol import Contract, GenerationError, GenerationRequest, GenerationResult
-from deployments.tools import ToolRegistry
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "fleet.yaml"

@@ -6,9 +6,9 @@ import asyncio
 from ray.exceptions import ActorUnavailableError
 from ray.serve.exceptions import BackPressureError
 
-from deployments import router
 from deployments.protocol import GenerationError, GenerationResult
-from deployments.router import ServeBackend
+from deployments.router import ingress as router
+from deployments.router.ingress import ServeBackend
 
 OK = GenerationResult(model="m", text="fine", finish_reason="stop")
 DEAD = GenerationResult(model="m", error=GenerationError("engine_dead", "gone"))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from deployments.throughput import ThroughputMeter
+from deployments.model.throughput import ThroughputMeter
 
 
 class Clock:

@@ -9,7 +9,7 @@ import pytest
 
 from cluster.spec import parse_spec
 from deployments.demo_tools import order_status
-from deployments.tools import ToolLoadError, ToolRegistry, import_callable
+from deployments.pipeline.tools import ToolLoadError, ToolRegistry, import_callable
 
 ARGS = {"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]}
 

@@ -1,6 +1,6 @@
 """HTTP for agent pipelines: ``POST /v1/pipelines/{name}/runs`` and ``model: "pipeline:<name>"`` in chat.
 
-The runner does the work (see :mod:`deployments.pipeline_runner`); this module only translates between HTTP and
+The runner does the work (see :mod:`deployments.pipeline.runner`); this module only translates between HTTP and
 its results, in OpenAI's shapes where a chat client is on the other end.
 """
 
@@ -15,9 +15,9 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from deployments.openai_api import ChatCompletionRequest, chunk_body, error_response, new_id
-from deployments.pipeline_result import PipelineResult
-from deployments.pipeline_runner import PipelineRunner, UnknownPipelineError
+from deployments.pipeline.result import PipelineResult
+from deployments.pipeline.runner import PipelineRunner, UnknownPipelineError
+from deployments.router.openai_api import ChatCompletionRequest, chunk_body, error_response, new_id
 
 PIPELINE_PREFIX = "pipeline:"
 # The pipeline a model call belongs to, for metrics tags; asyncio copies it into the runner's tasks.

@@ -21,7 +21,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cluster.cost import CostSummary, PriceBook, llm_reference_model
 from cluster.spec import FleetSpec
-from deployments.openai_api import (
+from deployments.pipeline.routes import PIPELINE_PREFIX, add_pipeline_routes, chat_via_pipeline
+from deployments.pipeline.runner import PipelineRunner
+from deployments.protocol import GenerationError, GenerationRequest, GenerationResult, StreamDelta
+from deployments.router.openai_api import (
     ChatCompletionRequest,
     chunk_body,
     completion_body,
@@ -29,9 +32,6 @@ from deployments.openai_api import (
     generation_error_response,
     usage,
 )
-from deployments.pipeline_routes import PIPELINE_PREFIX, add_pipeline_routes, chat_via_pipeline
-from deployments.pipeline_runner import PipelineRunner
-from deployments.protocol import GenerationError, GenerationRequest, GenerationResult, StreamDelta
 
 OPEN_PATHS = frozenset({"/healthz"})
 TRACER = trace.get_tracer("slmfleet.router")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from ray.util.metrics import Counter
 
 from cluster.cost import PriceBook
-from deployments.pipeline_result import PipelineResult
+from deployments.pipeline.result import PipelineResult
 from deployments.protocol import GenerationRequest, GenerationResult
 
 CALL_TAGS = ("model", "specialist", "pipeline", "direction")

@@ -19,7 +19,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
 
 from cluster.spec import ModelSpec
-from deployments.chat_request import EngineCall
+from deployments.model.chat_request import EngineCall
 
 log = logging.getLogger(__name__)
 CPU_DEFAULT_MEMORY_FRACTION = 0.15

@@ -1,7 +1,7 @@
 """Runs agent pipelines against an abstract model caller: steps in order, conditions, escalation, tools, cost.
 
 The runner knows nothing about Ray: it calls ``call_model(model_deployment_name, GenerationRequest)`` and a
-:class:`~deployments.tools.ToolRegistry`. The router wires ``call_model`` to Serve handles; tests pass a fake.
+:class:`~deployments.pipeline.tools.ToolRegistry`. The router wires ``call_model`` to Serve handles; tests pass a fake.
 
 Per model call the pure policy in :mod:`cluster.escalation` decides: accept, retry on the same model with a
 larger ``max_tokens`` (truncated output), escalate the SAME request (the specialist's instructions and contract
@@ -30,7 +30,7 @@ from cluster.pipeline_spec import EscalationPolicy, PipelineSpec, StepSpec
 from cluster.spec import FleetSpec, OutputContract
 from cluster.spec_errors import suggest
 from cluster.templating import Template, render_structure
-from deployments.pipeline_result import (
+from deployments.pipeline.result import (
     Attempt,
     Escalation,
     EventType,
@@ -40,8 +40,8 @@ from deployments.pipeline_result import (
     StepResult,
     StepStatus,
 )
+from deployments.pipeline.tools import ToolRegistry, ToolResult
 from deployments.protocol import Contract, GenerationRequest, GenerationResult
-from deployments.tools import ToolRegistry, ToolResult
 
 ModelCaller = Callable[[str, GenerationRequest], Awaitable[GenerationResult]]
 Emit = Callable[[StepEvent], None]

@@ -1,4 +1,4 @@
-"""The router deployment: Serve ingress for :func:`deployments.api.build_api` over real deployment handles.
+"""The router deployment: Serve ingress for :func:`deployments.router.api.build_api` over real deployment handles.
 
 :class:`ServeBackend` turns Serve's failure modes into :class:`GenerationError` data: a full queue is
 ``overloaded`` (503 + Retry-After), a replica that dies mid-request is retried once on another replica (Serve
@@ -22,13 +22,13 @@ from ray.serve.handle import DeploymentHandle
 from cluster.cost import PriceBook, llm_reference_model
 from cluster.render.common import model_deployment_name
 from cluster.spec import FleetSpec, SpecialistSpec
-from deployments.api import build_api
-from deployments.metrics import FleetMetrics
-from deployments.pipeline_routes import CURRENT_PIPELINE
-from deployments.pipeline_runner import PipelineRunner
+from deployments.observability.metrics import FleetMetrics
+from deployments.observability.telemetry import configure_tracing, current_context_carrier
+from deployments.pipeline.routes import CURRENT_PIPELINE
+from deployments.pipeline.runner import PipelineRunner
+from deployments.pipeline.tools import ToolRegistry
 from deployments.protocol import GenerationRequest, GenerationResult, StreamDelta, failure
-from deployments.telemetry import configure_tracing, current_context_carrier
-from deployments.tools import ToolRegistry
+from deployments.router.api import build_api
 
 log = logging.getLogger(__name__)
 REPLICA_LOST = (RayActorError, ActorDiedError, ActorUnavailableError, ReplicaUnavailableError)

@@ -18,11 +18,11 @@ from opentelemetry import trace
 
 from cluster.model_store import resolve_source
 from cluster.spec import ModelSpec
-from deployments.chat_request import build_engine_call
-from deployments.gpu_start_lock import gpu_start_lock
+from deployments.model.chat_request import build_engine_call
+from deployments.model.gpu_start_lock import gpu_start_lock
+from deployments.model.throughput import ThroughputMeter
+from deployments.observability.telemetry import configure_tracing, context_from_carrier
 from deployments.protocol import ErrorKind, GenerationRequest, GenerationResult, StreamDelta, failure
-from deployments.telemetry import configure_tracing, context_from_carrier
-from deployments.throughput import ThroughputMeter
 
 log = logging.getLogger(__name__)
 TRACER = trace.get_tracer("slmfleet.model_server")
@@ -32,7 +32,7 @@ class ModelServer:
     """Serve deployment class (options are applied by the app builder from the placement plan)."""
 
     def __init__(self, model_name: str, model: ModelSpec, engine_overrides: dict[str, Any] | None = None) -> None:
-        from deployments.engine import ChatEngine  # vLLM loads only inside the replica
+        from deployments.model.engine import ChatEngine  # vLLM loads only inside the replica
 
         configure_tracing(f"slmfleet-model-{model_name}")
         self.model_name = model_name
@@ -71,7 +71,7 @@ class ModelServer:
     async def _stream(
         self, request: GenerationRequest, incremental: bool
     ) -> AsyncIterator[StreamDelta | GenerationResult]:
-        from deployments.engine import EngineDeadError, GenerationTally, PromptTooLongError, VLLMClientError
+        from deployments.model.engine import EngineDeadError, GenerationTally, PromptTooLongError, VLLMClientError
 
         tally = GenerationTally()
         started = time.perf_counter()
