@@ -44,6 +44,11 @@ class ErrorLike(Protocol):
     message: str
 
 
+class ToolCallLike(Protocol):
+    name: str
+    arguments: str  # JSON text
+
+
 class ResultLike(Protocol):
     """What :func:`decide` reads from a ``deployments.protocol.GenerationResult``."""
 
@@ -51,6 +56,16 @@ class ResultLike(Protocol):
     finish_reason: str | None
     mean_logprob: float | None
     error: ErrorLike | None
+    tool_calls: Any  # a list of ToolCallLike
+
+
+class ToolsLike(Protocol):
+    """``deployments.protocol.Tools``: the tools a call offered and whether it had to call one."""
+
+    @property
+    def call_required(self) -> bool: ...
+
+    def schemas(self) -> dict[str, dict[str, Any]]: ...
 
 
 class ContractLike(Protocol):
@@ -96,15 +111,19 @@ def decide(
     max_tokens: int,
     retries_done: int = 0,
     can_escalate: bool = True,
+    tools: ToolsLike | None = None,
 ) -> Verdict:
-    """The next action after one call. ``can_escalate`` is false on the LLM tier or when no target is set."""
+    """The next action after one call. ``can_escalate`` is false on the LLM tier or when no target is set.
+
+    With ``tools``, an answer holding tool calls (or one that had to) is judged by its calls, else by ``contract``.
+    """
     unavailable = _unavailable(outcome)
     result = outcome.result
     if unavailable is not None or result is None:
         return _escalate_or_fail("unavailable", unavailable or "no result", policy, can_escalate)
     if result.error is not None:
         return Verdict("fail", "error", f"{result.error.kind}: {result.error.message}")
-    check = check_contract(result.text, result.finish_reason, contract)
+    check = check_output(result, contract, tools)
     if not check.ok:
         if check.truncated and retries_done < policy.retries:
             bigger = math.ceil(max_tokens * policy.retry_max_tokens_factor)
@@ -145,6 +164,35 @@ def low_confidence(mean_logprob: float | None, min_confidence: float) -> str:
     if confidence < min_confidence:
         return f"confidence {confidence:.3f} (exp of mean logprob {mean_logprob:.3f}) is below {min_confidence}"
     return ""
+
+
+def check_output(result: ResultLike, contract: ContractLike | None, tools: ToolsLike | None) -> ContractCheck:
+    """The answer's tool calls against their tools' schemas when it has (or owed) some, else its text."""
+    calls = list(getattr(result, "tool_calls", None) or [])
+    if tools is not None and (calls or tools.call_required):
+        return check_tool_calls(calls, result.finish_reason, tools)
+    return check_contract(result.text, result.finish_reason, contract)
+
+
+def check_tool_calls(calls: list[ToolCallLike], finish_reason: str | None, tools: ToolsLike) -> ContractCheck:
+    """Every call names an offered tool and its arguments validate; at least one when the choice requires it."""
+    if not calls:
+        cut = finish_reason == "length"
+        return ContractCheck(False, problem="no tool call, though tool_choice requires one", truncated=cut)
+    schemas = tools.schemas()
+    parsed = []
+    for call in calls:
+        if call.name not in schemas:
+            return ContractCheck(False, problem=f"call to '{call.name}', not one of the offered tools {list(schemas)}")
+        try:
+            arguments = json.loads(call.arguments)
+        except ValueError as exc:
+            return ContractCheck(False, problem=f"arguments of '{call.name}' are not valid JSON: {exc}")
+        problem = schema_problem(arguments, schemas[call.name])
+        if problem:
+            return ContractCheck(False, problem=f"arguments of '{call.name}' do not match its parameters: {problem}")
+        parsed.append({"name": call.name, "arguments": arguments})
+    return ContractCheck(True, parsed)
 
 
 def check_contract(text: str, finish_reason: str | None, contract: ContractLike | None) -> ContractCheck:

@@ -243,12 +243,12 @@ def pipeline_issues(spec: FleetSpec, unknown_ref: UnknownRef) -> list[SpecIssue]
     issues: list[SpecIssue] = []
     for name, pipeline in spec.pipelines.items():
         base = f"pipelines.{name}"
-        issues += _escalation_issues(spec, f"{base}.escalation", pipeline.escalation, unknown_ref)
+        issues += escalation_issues(spec, f"{base}.escalation", pipeline.escalation, unknown_ref)
         earlier: list[str] = []
         for step_name, step in pipeline.steps.items():
             path = f"{base}.steps.{step_name}"
             issues += _target_issues(spec, path, step, unknown_ref)
-            issues += _escalation_issues(spec, f"{path}.escalation", step.escalation, unknown_ref)
+            issues += escalation_issues(spec, f"{path}.escalation", step.escalation, unknown_ref)
             issues += _ref_issues(spec, pipeline, path, step.refs(), earlier=earlier, unknown_ref=unknown_ref)
             issues += _after_issues(pipeline, path, step, earlier, unknown_ref)
             earlier.append(step_name)
@@ -270,7 +270,7 @@ def _target_issues(spec: FleetSpec, path: str, step: StepSpec, unknown_ref: Unkn
     return issues
 
 
-def _escalation_issues(
+def escalation_issues(
     spec: FleetSpec, path: str, policy: EscalationPolicy | None, unknown_ref: UnknownRef
 ) -> list[SpecIssue]:
     if policy is None or policy.to is None:

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cluster.pipeline_spec import PipelineSpec, ToolSpec, pipeline_issues
+from cluster.pipeline_spec import EscalationPolicy, PipelineSpec, ToolSpec, escalation_issues, pipeline_issues
 from cluster.spec_errors import SpecError, SpecIssue, issues_from_validation_error, suggest
 
 NAME_PATTERN = r"^[a-z][a-z0-9-]{0,62}$"
@@ -81,6 +81,9 @@ class ModelSpec(StrictModel):
     )
     autoscaling: AutoscalingSpec = AutoscalingSpec()
     engine: EngineSpec = EngineSpec()
+    escalation: EscalationPolicy | None = Field(
+        None, description="chat calls naming this model escalate by this policy (the router's; no engine restart)"
+    )
 
     @model_validator(mode="after")
     def _llms_never_scale_to_zero(self) -> ModelSpec:
@@ -140,6 +143,9 @@ class SpecialistSpec(StrictModel):
     instructions: str = ""
     output: OutputContract | None = None
     sampling: SamplingSpec = SamplingSpec()
+    escalation: EscalationPolicy | None = Field(
+        None, description="chat calls to this specialist escalate by this policy, like a one-step pipeline"
+    )
 
 
 class PoolSpec(StrictModel):
@@ -202,9 +208,11 @@ def check_references(spec: FleetSpec) -> list[SpecIssue]:
             issues.append(
                 SpecIssue(f"specialists.{name}", name, "a specialist has the same name as a model", "rename one")
             )
+        issues.extend(escalation_issues(spec, f"specialists.{name}.escalation", specialist.escalation, _unknown_ref))
     for name, model in spec.models.items():
         if model.pool is not None and model.pool not in spec.pools:
             issues.append(_unknown_ref(f"models.{name}.pool", model.pool, "pool", list(spec.pools)))
+        issues.extend(escalation_issues(spec, f"models.{name}.escalation", model.escalation, _unknown_ref))
     issues.extend(pipeline_issues(spec, _unknown_ref))
     return issues
 

@@ -12,7 +12,28 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     from cluster.spec import SpecialistSpec
 
-ErrorKind = Literal["bad_request", "context_length_exceeded", "overloaded", "engine_dead", "timeout", "internal"]
+ErrorKind = Literal[
+    "bad_request", "context_length_exceeded", "overloaded", "engine_dead", "timeout", "internal", "output_invalid"
+]
+ToolChoice = Literal["none", "auto", "required"]
+
+
+@dataclass(frozen=True)
+class ToolDef:
+    """A function tool offered to the model: its arguments must validate against ``parameters``."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A call the model made, OpenAI's way: ``arguments`` is a JSON text (an object) for the named tool."""
+
+    id: str
+    name: str
+    arguments: str
 
 
 @dataclass(frozen=True)
@@ -25,6 +46,33 @@ class Contract:
 
     def is_empty(self) -> bool:
         return self.json_schema is None and self.choice is None and self.regex is None
+
+
+@dataclass(frozen=True)
+class Tools:
+    """The tools of one call and how the model may use them; decoding is constrained to valid calls.
+
+    ``choice`` is none | auto | required, or the name of the one tool that must be called.
+    """
+
+    tools: tuple[ToolDef, ...]
+    choice: str = "auto"
+    parallel: bool = True
+
+    def offered(self) -> tuple[ToolDef, ...]:
+        """The tools the model may call under ``choice`` (none for "none", one for a named choice)."""
+        if self.choice == "none":
+            return ()
+        if self.choice in ("auto", "required"):
+            return self.tools
+        return tuple(t for t in self.tools if t.name == self.choice)
+
+    @property
+    def call_required(self) -> bool:
+        return self.choice not in ("none", "auto")
+
+    def schemas(self) -> dict[str, dict[str, Any]]:
+        return {t.name: t.parameters for t in self.offered()}
 
 
 @dataclass(frozen=True)
@@ -46,6 +94,13 @@ class GenerationRequest:
     top_p: float | None = None
     stop: list[str] | None = None
     logprobs: bool = False
+    top_logprobs: int = 0
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[int, float] | None = None
+    extra_sampling: dict[str, Any] = field(default_factory=dict)  # vLLM sampling extras (top_k, min_p, ...)
+    tools: Tools | None = None
     trace_context: dict[str, str] | None = None  # W3C trace headers, so the model's span joins the caller's trace
 
 
@@ -73,11 +128,18 @@ class GenerationResult:
     completion_tokens: int = 0
     mean_logprob: float | None = None
     error: GenerationError | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    token_logprobs: list[dict[str, Any]] | None = None  # OpenAI's logprobs.content entries, when asked for
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class StreamDelta:
-    """A piece of streamed text; the stream ends with a :class:`GenerationResult` holding usage."""
+    """A piece of streamed text, or one complete tool call; the stream ends with a :class:`GenerationResult`.
 
-    text: str
+    Text inside a tool call is never sent as text: a call leaves whole, once its closing tag is decoded.
+    """
+
+    text: str = ""
+    tool_call: ToolCall | None = None
+    logprobs: list[dict[str, Any]] | None = None

@@ -48,6 +48,10 @@ _DEPLOYMENT_KEYS = (
 )
 
 
+# Model fields only the router reads: kept out of the model app's args so editing them never restarts an engine.
+ROUTER_ONLY_MODEL_FIELDS = {"escalation"}
+
+
 def spec_mapping(spec: FleetSpec) -> dict[str, Any]:
     """The spec as plain data, only the keys the author set: ``parse_spec`` of it gives back the same spec."""
     return spec.model_dump(mode="json", exclude_unset=True)
@@ -82,7 +86,7 @@ def model_application(plan: Plan, spec: FleetSpec, model: str) -> dict[str, Any]
         "import_path": MODEL_IMPORT_PATH,
         "args": {
             "model": model,
-            "spec": spec.models[model].model_dump(mode="json", exclude_unset=True),
+            "spec": spec.models[model].model_dump(mode="json", exclude_unset=True, exclude=ROUTER_ONLY_MODEL_FIELDS),
             "engine": engine_overrides(plan, model),
         },
         "deployments": [model_deployment(plan, spec, model)],

@@ -6,22 +6,27 @@ becomes a structured-outputs constraint) are unit-tested without an engine.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
 from cluster.spec import OutputContract, SamplingSpec, SpecialistSpec
-from deployments.protocol import Contract, GenerationRequest
+from deployments.model.json_budget import fit_schema
+from deployments.model.tool_calls import structural_tag, text_format
+from deployments.protocol import Contract, GenerationRequest, ToolDef
 
 DEFAULT_SAMPLING = SamplingSpec()
 
 
 @dataclass(frozen=True)
 class EngineCall:
-    """Everything the engine needs for one request: chat messages, sampling and an optional constraint."""
+    """Everything the engine needs for one request: chat messages (OpenAI-shaped, tool calls included), the tools
+    to show the model, sampling and an optional structured-outputs constraint."""
 
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     sampling: dict[str, Any]
     structured: dict[str, Any] | None
+    tools: tuple[ToolDef, ...] = ()
 
 
 def contract_from_spec(output: OutputContract | None) -> Contract | None:
@@ -35,12 +40,15 @@ def contract_from_spec(output: OutputContract | None) -> Contract | None:
     )
 
 
-def structured_kwargs(contract: Contract | None) -> dict[str, Any] | None:
-    """Keyword arguments for vLLM's ``StructuredOutputsParams``; None means free text."""
+def structured_kwargs(contract: Contract | None, max_tokens: int) -> dict[str, Any] | None:
+    """Keyword arguments for vLLM's ``StructuredOutputsParams``; None means free text.
+
+    A JSON schema is tightened first so its longest answer fits ``max_tokens``: a cut cannot leave invalid JSON.
+    """
     if contract is None or contract.is_empty():
         return None
     if contract.json_schema is not None:
-        return {"json": contract.json_schema}
+        return {"json": fit_schema(contract.json_schema, max_tokens)}
     if contract.choice is not None:
         return {"choice": list(contract.choice)}
     return {"regex": contract.regex}
@@ -55,9 +63,18 @@ def text_of(content: Any) -> str:
     return "".join(part.get("text", "") for part in content if isinstance(part, dict))
 
 
-def with_instructions(messages: list[dict[str, Any]], instructions: str) -> list[dict[str, str]]:
-    """Plain role/content messages, the specialist's instructions leading the system prompt."""
-    plain = [{"role": str(m.get("role", "user")), "content": text_of(m.get("content"))} for m in messages]
+def plain_message(message: dict[str, Any]) -> dict[str, Any]:
+    """Role and text content, plus the tool-calling fields when present (tool_calls, tool_call_id, name)."""
+    plain: dict[str, Any] = {"role": str(message.get("role", "user")), "content": text_of(message.get("content"))}
+    for key in ("tool_calls", "tool_call_id", "name"):
+        if message.get(key):
+            plain[key] = message[key]
+    return plain
+
+
+def with_instructions(messages: list[dict[str, Any]], instructions: str) -> list[dict[str, Any]]:
+    """Plain messages, the specialist's instructions leading the system prompt."""
+    plain = [plain_message(m) for m in messages]
     if not instructions:
         return plain
     if plain and plain[0]["role"] == "system":
@@ -74,13 +91,29 @@ def build_engine_call(request: GenerationRequest, specialist: SpecialistSpec | N
         "top_p": _first(request.top_p, defaults.top_p),
         "max_tokens": _first(request.max_tokens, defaults.max_tokens),
     }
+    sampling.update(_optional_sampling(request))
+    contract = request.contract or (contract_from_spec(specialist.output) if specialist else None)
+    instructions = specialist.instructions if specialist else ""
+    messages = with_instructions(request.messages, instructions)
+    tools = request.tools
+    if tools is None or not tools.offered():
+        return EngineCall(messages, sampling, structured_kwargs(contract, sampling["max_tokens"]))
+    tag = structural_tag(tools, sampling["max_tokens"], text_format(contract, sampling["max_tokens"]))
+    return EngineCall(messages, sampling, {"structural_tag": json.dumps(tag)}, tools.offered())
+
+
+def _optional_sampling(request: GenerationRequest) -> dict[str, Any]:
+    """The request's other sampling fields, only those it set (vLLM's defaults stand for the rest)."""
+    sampling: dict[str, Any] = dict(request.extra_sampling)
     if request.stop:
         sampling["stop"] = list(request.stop)
     if request.logprobs:
-        sampling["logprobs"] = 0  # 0 = only the sampled token's log-probability
-    contract = request.contract or (contract_from_spec(specialist.output) if specialist else None)
-    instructions = specialist.instructions if specialist else ""
-    return EngineCall(with_instructions(request.messages, instructions), sampling, structured_kwargs(contract))
+        sampling["logprobs"] = request.top_logprobs  # 0 = only the sampled token's log-probability
+    for key in ("seed", "presence_penalty", "frequency_penalty", "logit_bias"):
+        value = getattr(request, key)
+        if value is not None:
+            sampling[key] = value
+    return sampling
 
 
 def _first(value: Any, default: Any) -> Any:

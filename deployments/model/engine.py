@@ -20,6 +20,7 @@ from vllm.v1.engine.exceptions import EngineDeadError
 
 from cluster.spec import ModelSpec
 from deployments.model.chat_request import EngineCall
+from deployments.model.tool_prompt import render_plain, template_supports_tools
 
 log = logging.getLogger(__name__)
 CPU_DEFAULT_MEMORY_FRACTION = 0.15
@@ -41,6 +42,9 @@ def engine_args(model_path: str, model: ModelSpec, overrides: dict[str, Any] | N
         "seed": model.engine.seed,
         "tensor_parallel_size": model.tensor_parallel or 1,
         "disable_log_stats": True,
+        # JSON under a schema is written compactly (", " and ": " only): no runaway whitespace, and the schema's
+        # longest answer can be bounded in tokens (deployments/model/json_budget.py)
+        "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
     }
     if model.engine.max_num_batched_tokens:
         options["max_num_batched_tokens"] = model.engine.max_num_batched_tokens
@@ -58,6 +62,8 @@ class GenerationTally:
     logprob_count: int = 0
     finish_reason: str | None = None
     text_parts: list[str] = field(default_factory=list)
+    token_logprobs: list[dict[str, Any]] | None = None  # OpenAI's logprobs.content, when the call asked for them
+    logprobs_sent: int = 0  # how many of them a stream has sent
 
     @property
     def text(self) -> str:
@@ -75,14 +81,24 @@ class ChatEngine:
         self.engine = engine
         self.max_model_len = max_model_len
         self.tokenizer = engine.get_tokenizer()
+        self.native_tools = template_supports_tools(getattr(self.tokenizer, "chat_template", None))
 
     @classmethod
     def start(cls, model_path: str, model: ModelSpec, overrides: dict[str, Any] | None = None) -> ChatEngine:
         args = engine_args(model_path, model, overrides)
         return cls(AsyncLLM.from_engine_args(args), model.max_model_len)
 
-    def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    def prompt_ids(self, call: EngineCall) -> list[int]:
+        """The chat-templated prompt; tools go through the template when it knows them, else the documented
+        rendering of :mod:`deployments.model.tool_prompt`."""
+        options: dict[str, Any] = {"add_generation_prompt": True, "tokenize": False}
+        if self.native_tools:
+            messages = call.messages
+            if call.tools:
+                options["tools"] = [_openai_tool(t) for t in call.tools]
+        else:
+            messages = render_plain(call.messages, call.tools)
+        text = self.tokenizer.apply_chat_template(messages, **options)
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     async def generate(
@@ -93,7 +109,7 @@ class ChatEngine:
         ``incremental=False`` asks the engine for the final output only: one wake-up per request instead of one
         per token, which matters when the replica shares a small CPU with the engine.
         """
-        ids = self.prompt_ids(call.messages)
+        ids = self.prompt_ids(call)
         room = self.max_model_len - len(ids)
         if room <= 0:
             raise PromptTooLongError(
@@ -105,7 +121,7 @@ class ChatEngine:
         async for output in stream:
             choice = output.outputs[0]
             tally.completion_tokens += len(choice.token_ids)
-            _add_logprobs(tally, choice)
+            _add_logprobs(tally, choice, call.sampling.get("logprobs"))
             if choice.finish_reason:
                 tally.finish_reason = choice.finish_reason
             if choice.text:
@@ -126,12 +142,36 @@ class ChatEngine:
         self.engine.shutdown()
 
 
-def _add_logprobs(tally: GenerationTally, choice: Any) -> None:
+def _openai_tool(tool: Any) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {"name": tool.name, "description": tool.description, "parameters": tool.parameters},
+    }
+
+
+def _add_logprobs(tally: GenerationTally, choice: Any, top_n: int | None) -> None:
+    """Sum the sampled tokens' log-probabilities (confidence) and, when asked, keep OpenAI's per-token entries."""
+    if top_n is not None and tally.token_logprobs is None:
+        tally.token_logprobs = []
     for token_id, position in zip(choice.token_ids, choice.logprobs or [], strict=False):
         entry = position.get(token_id)
-        if entry is not None:
-            tally.logprob_sum += entry.logprob
-            tally.logprob_count += 1
+        if entry is None:
+            continue
+        tally.logprob_sum += entry.logprob
+        tally.logprob_count += 1
+        if tally.token_logprobs is not None:
+            tally.token_logprobs.append(_openai_logprob(entry, position, top_n or 0))
+
+
+def _token_entry(logprob: Any) -> dict[str, Any]:
+    token = logprob.decoded_token or ""
+    return {"token": token, "logprob": max(float(logprob.logprob), -9999.0), "bytes": list(token.encode())}
+
+
+def _openai_logprob(sampled: Any, position: dict[int, Any], top_n: int) -> dict[str, Any]:
+    """One ``logprobs.content`` entry: the sampled token, then the ``top_n`` most likely tokens by rank."""
+    top = sorted(position.values(), key=lambda lp: lp.rank if lp.rank is not None else 0)[:top_n]
+    return {**_token_entry(sampled), "top_logprobs": [_token_entry(lp) for lp in top]}
 
 
 __all__ = ["ChatEngine", "EngineDeadError", "GenerationTally", "PromptTooLongError", "VLLMClientError"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from opentelemetry import trace
@@ -20,9 +20,14 @@ from cluster.model_store import resolve_source
 from cluster.spec import ModelSpec
 from deployments.model.chat_request import build_engine_call
 from deployments.model.gpu_start_lock import gpu_start_lock
+from deployments.model.json_budget import SchemaBudgetError
 from deployments.model.throughput import ThroughputMeter
+from deployments.model.tool_calls import ToolCallStream, split_tool_calls
 from deployments.observability.telemetry import configure_tracing, context_from_carrier
 from deployments.protocol import ErrorKind, GenerationRequest, GenerationResult, StreamDelta, failure
+
+if TYPE_CHECKING:
+    from deployments.model.engine import GenerationTally
 
 log = logging.getLogger(__name__)
 TRACER = trace.get_tracer("slmfleet.model_server")
@@ -78,10 +83,15 @@ class ModelServer:
         self.throughput.started()
         try:
             call = build_engine_call(request, request.specialist_spec)
+            calls = ToolCallStream() if call.tools else None
             async for text in self.engine.generate(call, tally, incremental=incremental):
-                yield StreamDelta(text)
-        except PromptTooLongError as exc:
-            yield self._failed("context_length_exceeded", str(exc))
+                for delta in _deltas(text, calls, tally):
+                    yield delta
+            if calls is not None and (rest := calls.flush()):
+                yield StreamDelta(rest)
+        except (PromptTooLongError, SchemaBudgetError) as exc:
+            kind: ErrorKind = "context_length_exceeded" if isinstance(exc, PromptTooLongError) else "bad_request"
+            yield self._failed(kind, str(exc))
             return
         except VLLMClientError as exc:
             yield self._failed("bad_request", str(exc))
@@ -91,13 +101,21 @@ class ModelServer:
             return
         finally:
             self.throughput.finished(tally.prompt_tokens + tally.completion_tokens)
-        yield GenerationResult(
+        yield self._result(tally, calls, started)
+
+    def _result(self, tally: GenerationTally, calls: ToolCallStream | None, started: float) -> GenerationResult:
+        text, tool_calls = (tally.text, []) if calls is None else split_tool_calls(tally.text)
+        # calls that completed are the answer (a call cut off at max_tokens was dropped): their finish is tool_calls
+        finish = "tool_calls" if tool_calls else tally.finish_reason
+        return GenerationResult(
             model=self.model_name,
-            text=tally.text,
-            finish_reason=tally.finish_reason,
+            text=text,
+            finish_reason=finish,
             prompt_tokens=tally.prompt_tokens,
             completion_tokens=tally.completion_tokens,
             mean_logprob=tally.mean_logprob,
+            tool_calls=tool_calls,
+            token_logprobs=tally.token_logprobs,
             extra={
                 "engine_s": round(time.perf_counter() - started, 6),  # lets callers see their own overhead
                 "tokens_per_hour": self.throughput.tokens_per_hour(),  # this replica's rate, for derived prices
@@ -129,3 +147,17 @@ class ModelServer:
         engine = getattr(self, "engine", None)
         if engine is not None:
             engine.shutdown()
+
+
+def _deltas(text: str, calls: ToolCallStream | None, tally: GenerationTally) -> list[StreamDelta]:
+    """What one engine delta becomes on the wire: text (minus any tool-call markup), finished tool calls, and the
+    log-probabilities of the tokens decoded since the last delta."""
+    logprobs = None
+    if tally.token_logprobs is not None:
+        logprobs, tally.logprobs_sent = tally.token_logprobs[tally.logprobs_sent :], len(tally.token_logprobs)
+    if calls is None:
+        return [StreamDelta(text, logprobs=logprobs)]
+    out = [StreamDelta(item) if isinstance(item, str) else StreamDelta(tool_call=item) for item in calls.feed(text)]
+    if logprobs and out:
+        out[0] = StreamDelta(out[0].text, out[0].tool_call, logprobs)
+    return out

@@ -16,8 +16,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from deployments.pipeline.result import PipelineResult
-from deployments.pipeline.runner import PipelineRunner, UnknownPipelineError
-from deployments.router.openai_api import ChatCompletionRequest, chunk_body, error_response, new_id
+from deployments.pipeline.runner import PipelineRunner
+from deployments.router.openai_api import ChatCompletionRequest, chunk_body, error_body, error_response, new_id
 
 PIPELINE_PREFIX = "pipeline:"
 # The pipeline a model call belongs to, for metrics tags; asyncio copies it into the runner's tasks.
@@ -67,20 +67,59 @@ def chat_inputs(body: ChatCompletionRequest) -> dict[str, Any]:
     return {"message": last if isinstance(last, str) else json.dumps(last), "messages": messages}
 
 
-async def chat_via_pipeline(body: ChatCompletionRequest, runner: PipelineRunner | None) -> Response:
-    """Answer a chat completion whose ``model`` is ``pipeline:<name>`` with the pipeline's final output."""
+# A failed run's status by the kind of its failing step: the caller's input, a model that is down, or an answer
+# that broke its contract after every escalation.
+STATUS_BY_STEP_ERROR = {"condition": 400, "error": 400, "unavailable": 503, "contract": 502, "tool": 502}
+
+
+def _unknown_model(body: ChatCompletionRequest) -> tuple[int, dict[str, Any]]:
+    return 404, error_body(
+        f"The model '{body.model}' does not exist.", "invalid_request_error", "model_not_found", "model"
+    )
+
+
+def run_error(result: PipelineResult) -> tuple[int, dict[str, Any]]:
+    """A failed run as an OpenAI error: the failing step and why, the run id to look it up by."""
+    error = result.error
+    kind = error.kind if error else "error"
+    status = STATUS_BY_STEP_ERROR.get(kind, 500)
+    message = f"pipeline '{result.pipeline}' failed at step '{error.step if error else '?'}' ({kind}): "
+    message += f"{error.message if error else 'no detail'} [run {result.run_id}]"
+    err_type = "invalid_request_error" if status < 500 else "server_error"  # noqa: PLR2004
+    return status, error_body(message, err_type, f"pipeline_{kind}")
+
+
+async def pipeline_chat(body: ChatCompletionRequest, runner: PipelineRunner | None) -> tuple[int, dict[str, Any]]:
+    """A chat completion whose ``model`` is ``pipeline:<name>``: the run's output, or its failure as an error."""
     name = body.model.removeprefix(PIPELINE_PREFIX)
     if runner is None or name not in runner.pipelines:
-        return error_response(404, f"The model '{body.model}' does not exist.", "model_not_found", "model")
+        return _unknown_model(body)
     CURRENT_PIPELINE.set(name)
-    try:
-        result = await runner.run(name, chat_inputs(body))
-    except UnknownPipelineError as exc:
-        return error_response(404, str(exc), "model_not_found", "model")
-    request_id = new_id("chatcmpl")
-    if body.stream:
-        return StreamingResponse(_one_chunk_stream(request_id, body.model, result), media_type="text/event-stream")
-    return JSONResponse(pipeline_completion(request_id, body.model, result))
+    result = await runner.run(name, chat_inputs(body))
+    if result.status != "ok":
+        return run_error(result)
+    return 200, pipeline_completion(new_id("chatcmpl"), body.model, result)
+
+
+async def pipeline_chunks(
+    body: ChatCompletionRequest, runner: PipelineRunner | None
+) -> tuple[int, dict[str, Any]] | AsyncIterator[dict[str, Any]]:
+    """A streamed pipeline-as-chat: the run's events are followed, and its output goes out when it finishes (an
+    error before any byte is a plain HTTP error; the run has ended by then, as a run's output is only known at the
+    end)."""
+    status, answer = await pipeline_chat(body, runner)
+    if status != 200:  # noqa: PLR2004
+        return status, answer
+    return _answer_chunks(answer)
+
+
+async def _answer_chunks(answer: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    request_id, served_as = answer["id"], answer["model"]
+    content = answer["choices"][0]["message"]["content"]
+    yield chunk_body(request_id, served_as, {"role": "assistant", "content": content})
+    final = chunk_body(request_id, served_as, {}, "stop")
+    final["slmfleet"] = answer["slmfleet"]
+    yield final
 
 
 def reply_text(result: PipelineResult) -> str:
@@ -98,7 +137,7 @@ def pipeline_completion(request_id: str, served_as: str, result: PipelineResult)
             {
                 "index": 0,
                 "message": {"role": "assistant", "content": reply_text(result)},
-                "finish_reason": "stop" if result.status == "ok" else "error",
+                "finish_reason": "stop",
                 "logprobs": None,
             }
         ],
@@ -109,9 +148,3 @@ def pipeline_completion(request_id: str, served_as: str, result: PipelineResult)
         },
         "slmfleet": result.to_dict(),
     }
-
-
-async def _one_chunk_stream(request_id: str, served_as: str, result: PipelineResult) -> AsyncIterator[str]:
-    for delta, finish in (({"role": "assistant", "content": reply_text(result)}, None), ({}, "stop")):
-        yield f"data: {json.dumps(chunk_body(request_id, served_as, delta, finish))}\n\n"
-    yield "data: [DONE]\n\n"

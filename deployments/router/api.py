@@ -6,12 +6,10 @@ builds it per replica with real deployment handles. Every error leaves in OpenAI
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import asdict
-from typing import Any, Protocol
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,41 +17,23 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from opentelemetry import trace
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cluster.cost import CostSummary, PriceBook, llm_reference_model
+from cluster.cost import PriceBook, llm_reference_model
 from cluster.spec import FleetSpec
-from deployments.pipeline.routes import PIPELINE_PREFIX, add_pipeline_routes, chat_via_pipeline
+from deployments.pipeline.routes import PIPELINE_PREFIX, add_pipeline_routes
 from deployments.pipeline.runner import PipelineRunner
-from deployments.protocol import GenerationError, GenerationRequest, GenerationResult, StreamDelta
+from deployments.router.chat_endpoint import ChatEndpoint, ModelBackend
 from deployments.router.openai_api import (
+    RETRY_AFTER_S,
     ChatCompletionRequest,
-    chunk_body,
-    completion_body,
     error_response,
-    generation_error_response,
-    usage,
+    validation_error_body,
 )
+from deployments.router.responses_api import add_responses_routes
+
+SSE_HEADERS = {"Cache-Control": "no-cache"}
 
 OPEN_PATHS = frozenset({"/healthz"})
 TRACER = trace.get_tracer("slmfleet.router")
-
-
-class ModelBackend(Protocol):
-    """How the API reaches model deployments (Serve handles in production, a fake in unit tests)."""
-
-    async def complete(self, model: str, request: GenerationRequest) -> GenerationResult: ...
-
-    def stream(self, model: str, request: GenerationRequest) -> AsyncIterator[StreamDelta | GenerationResult]: ...
-
-    async def health(self) -> dict[str, bool]: ...
-
-
-def resolve_target(spec: FleetSpec, name: str) -> tuple[str, str | None] | None:
-    """(model deployment, specialist) for a request's ``model`` field, or None when nothing has that name."""
-    if name in spec.models:
-        return name, None
-    if name in spec.specialists:
-        return spec.specialists[name].model, name
-    return None
 
 
 def build_api(
@@ -87,46 +67,44 @@ def build_api(
     async def list_models() -> dict[str, Any]:
         return {"object": "list", "data": model_cards(spec)}
 
+    chat = ChatEndpoint(spec, backend, prices, llm, runner)
+
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest) -> Response:
-        if body.model.startswith(PIPELINE_PREFIX):
-            return await chat_via_pipeline(body, runner)
-        return await answer_chat(spec, backend, body, prices, llm)
+        if not body.stream:
+            return answer_response(*await chat.complete(body))
+        answer = await chat.chunks(body)
+        if isinstance(answer, tuple):
+            return answer_response(*answer)
+        return StreamingResponse(sse_chunks(answer), media_type="text/event-stream", headers=SSE_HEADERS)
 
+    add_responses_routes(app, _as_dict_call(chat.complete, chat.parse), _as_dict_call(chat.chunks, chat.parse))
     return app
 
 
-async def answer_chat(
-    spec: FleetSpec, backend: ModelBackend, body: ChatCompletionRequest, prices: PriceBook, llm: str | None
-) -> Response:
-    """One chat completion on a model or specialist, plain or streamed."""
-    target = resolve_target(spec, body.model)
-    if target is None:
-        known = ", ".join(spec.served_names())
-        return error_response(
-            404, f"The model '{body.model}' does not exist. Served: {known}", "model_not_found", "model"
-        )
-    model, specialist = target
-    request = body.to_generation(specialist)
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await _stream_response(backend.stream(model, request), request.request_id, body.model, include_usage)
-    timeout_s = spec.server.request_timeout_s
-    try:
-        result = await asyncio.wait_for(backend.complete(model, request), timeout_s)
-    except TimeoutError:
-        return generation_error_response(GenerationError("timeout", f"no answer within {timeout_s:.0f} s"))
-    if result.error is not None:
-        return generation_error_response(result.error)
-    result.extra["cost"] = response_cost(prices, llm, model, result)
-    return JSONResponse(completion_body(request.request_id, body.model, result))
+def answer_response(status: int, body: dict[str, Any]) -> JSONResponse:
+    """A JSON answer; 429/503 carry Retry-After so well-behaved clients back off."""
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status in (429, 503) else None
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
-def response_cost(prices: PriceBook, llm: str | None, model: str, result: GenerationResult) -> dict[str, Any]:
-    """What this answer cost and what the LLM tier would have charged for the same tokens."""
-    tokens = result.prompt_tokens + result.completion_tokens
-    counterfactual = prices.cost(llm, tokens) if llm else None
-    return asdict(CostSummary.of([prices.cost(model, tokens)], [counterfactual], llm))
+async def sse_chunks(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:
+    """Chat chunks as SSE; the stream always ends with ``[DONE]`` (after an error event when one came)."""
+    async for chunk in chunks:
+        yield _sse(chunk)
+    yield "data: [DONE]\n\n"
+
+
+def _as_dict_call(
+    call: Callable[[ChatCompletionRequest], Awaitable[Any]], parse: Callable[[dict[str, Any]], Any]
+) -> Callable[[dict[str, Any]], Awaitable[Any]]:
+    """The chat endpoint over plain dicts (what the Responses API hands it)."""
+
+    async def run(data: dict[str, Any]) -> Any:
+        body = parse(data)
+        return body if isinstance(body, tuple) else await call(body)
+
+    return run
 
 
 def model_cards(spec: FleetSpec) -> list[dict[str, Any]]:
@@ -148,32 +126,6 @@ def model_cards(spec: FleetSpec) -> list[dict[str, Any]]:
 
 def _card(name: str, details: dict[str, Any]) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": 0, "owned_by": "slm-fleet", "slmfleet": details}
-
-
-async def _stream_response(
-    items: AsyncIterator[StreamDelta | GenerationResult], request_id: str, served_as: str, include_usage: bool
-) -> Response:
-    """SSE in OpenAI's chunk format. An error before the first token is answered as a plain HTTP error."""
-    first = await anext(items, None)
-    if isinstance(first, GenerationResult) and first.error is not None:
-        return generation_error_response(first.error)
-
-    async def events() -> AsyncIterator[str]:
-        yield _sse(chunk_body(request_id, served_as, {"role": "assistant", "content": ""}))
-        item = first
-        while item is not None:
-            if isinstance(item, StreamDelta):
-                yield _sse(chunk_body(request_id, served_as, {"content": item.text}))
-            elif item.error is not None:
-                yield _sse({"error": {"message": item.error.message, "type": "server_error", "code": item.error.kind}})
-            else:
-                yield _sse(chunk_body(request_id, served_as, {}, item.finish_reason or "stop"))
-                if include_usage:
-                    yield _sse({**chunk_body(request_id, served_as, {}), "choices": [], "usage": usage(item)})
-            item = await anext(items, None)
-        yield "data: [DONE]\n\n"
-
-    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 def _sse(payload: dict[str, Any]) -> str:
@@ -207,13 +159,7 @@ def _require_key(
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_body(_: Request, exc: RequestValidationError) -> Response:
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        if first.get("type") == "json_invalid":
-            return error_response(400, "The request body is not valid JSON", "invalid_json")
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-        param = ".".join(loc) or None
-        where = f" at '{param}'" if param else ""
-        return error_response(400, f"Invalid request{where}: {first.get('msg')}", "invalid_request", param)
+        return JSONResponse(validation_error_body(exc.errors()), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> Response:

@@ -60,7 +60,7 @@ def assert_openai_error(resp, status, code=None):
 
 
 def test_specialist_name_routes_to_its_model_with_specialist_attached():
-    backend = FakeBackend()
+    backend = FakeBackend(pieces=("ref", "und"))  # a valid intent label
     resp = post(client(backend), {"model": "intent", "messages": HELLO})
     assert resp.status_code == 200
     model, request = backend.calls[0]
@@ -88,7 +88,7 @@ def test_unknown_model_is_404_model_not_found():
         ({"model": "smol"}, "messages"),
         ({"messages": HELLO}, "model"),
         ({"model": "smol", "messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
-        ({"model": "smol", "messages": HELLO, "n": 2}, "n"),
+        ({"model": "smol", "messages": HELLO, "n": 9}, "n"),
         ({"model": "smol", "messages": HELLO, "temperature": 9}, "temperature"),
         ({"model": "smol", "messages": HELLO, "max_tokens": 0}, "max_tokens"),
         ({"model": "smol", "messages": HELLO, "response_format": {"type": "json_schema"}}, "response_format"),
@@ -109,7 +109,7 @@ def test_unknown_route_is_404_in_openai_shape():
 
 
 def test_response_format_json_schema_becomes_a_contract():
-    backend = FakeBackend()
+    backend = FakeBackend(pieces=('{"a": ', "1}"))
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
     body = {
         "model": "smol",

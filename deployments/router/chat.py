@@ -1,0 +1,179 @@
+"""One chat call on a model or specialist, judged like a one-step pipeline: accept, retry, escalate or fail.
+
+The policy is the specialist's ``escalation`` (else its model's); without one a call is still checked, so an
+answer that breaks its contract or its tool schemas never leaves as a 200: it becomes an error with the reason.
+The verdict itself is the pure :func:`cluster.escalation.decide`; this module only makes the calls and keeps the
+record (``slmfleet.escalations``, attempts, cost against the LLM tier) that the answer carries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from cluster.cost import CostSummary, PriceBook
+from cluster.escalation import CallOutcome, decide
+from cluster.pipeline_spec import EscalationPolicy
+from cluster.spec import FleetSpec
+from deployments.model.chat_request import contract_from_spec
+from deployments.protocol import GenerationError, GenerationRequest, GenerationResult, StreamDelta
+
+ModelCall = Callable[[str, GenerationRequest], Awaitable[GenerationResult]]
+DEFAULT_MAX_TOKENS = 256
+CHECK_ONLY = EscalationPolicy(to=None, retries=0)  # no policy: check the answer, never retry or escalate
+
+
+@dataclass
+class ChatOutcome:
+    """The accepted answer of one choice (or why there is none) and how it was reached."""
+
+    result: GenerationResult
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    escalations: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def error(self) -> GenerationError | None:
+        return self.result.error
+
+    @property
+    def served_by(self) -> str:
+        return self.result.model
+
+
+@dataclass(frozen=True)
+class ChatTarget:
+    """Where a chat call goes first and under which policy."""
+
+    model: str
+    specialist: str | None
+    policy: EscalationPolicy
+    can_escalate: bool
+    default_max_tokens: int
+
+
+def chat_target(spec: FleetSpec, model: str, specialist: str | None) -> ChatTarget:
+    """The policy of a specialist (else of its model, else check-only) and whether it may escalate from here."""
+    spec_of = spec.specialists.get(specialist) if specialist else None
+    policy = (spec_of.escalation if spec_of else None) or spec.models[model].escalation or CHECK_ONLY
+    can_escalate = policy.to is not None and spec.models[model].tier != "llm"
+    max_tokens = spec_of.sampling.max_tokens if spec_of else DEFAULT_MAX_TOKENS
+    return ChatTarget(model, specialist, policy, can_escalate, max_tokens)
+
+
+class ChatCaller:
+    """Runs chat calls under their policy over a model caller (the router's Serve backend, or a fake in tests)."""
+
+    def __init__(self, spec: FleetSpec, call: ModelCall, prices: PriceBook, timeout_s: float) -> None:
+        self.spec, self.call, self.prices, self.timeout_s = spec, call, prices, timeout_s
+
+    async def answer(self, target: ChatTarget, request: GenerationRequest) -> ChatOutcome:
+        """Call, judge, and retry or escalate until the policy accepts or gives up (bounded by the policy)."""
+        outcome = ChatOutcome(GenerationResult(model=target.model))
+        model, can_escalate, retries = target.model, target.can_escalate, 0
+        max_tokens = request.max_tokens or target.default_max_tokens
+        contract = request.contract or _specialist_contract(self.spec, target.specialist)
+        while True:
+            result = await self._call(model, request)
+            verdict = decide(
+                CallOutcome(result),
+                contract,
+                target.policy,
+                max_tokens=max_tokens,
+                retries_done=retries,
+                can_escalate=can_escalate,
+                tools=request.tools,
+            )
+            outcome.result = result
+            outcome.attempts.append(_attempt(result, verdict.action, verdict.reason, verdict.detail))
+            if verdict.action == "accept":
+                return outcome
+            if verdict.action == "fail":
+                outcome.result = _failed(result, verdict.reason, verdict.detail, max_tokens)
+                return outcome
+            if verdict.action == "retry":
+                retries, max_tokens = retries + 1, verdict.max_tokens or max_tokens
+                request = replace(request, max_tokens=max_tokens)
+                continue
+            target_model = str(target.policy.to)
+            outcome.escalations.append(
+                {"from_model": model, "to_model": target_model, "reason": verdict.reason, "detail": verdict.detail}
+            )
+            model, can_escalate, retries = target_model, False, 0
+
+    async def _call(self, model: str, request: GenerationRequest) -> GenerationResult:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await self.call(model, request)
+        except TimeoutError:
+            error = GenerationError("timeout", f"no answer from model '{model}' within {self.timeout_s:.0f} s")
+            return GenerationResult(model=model, error=error)
+
+    def report(self, outcomes: list[ChatOutcome], llm: str | None) -> dict[str, Any]:
+        """``slmfleet`` of the answer: where it was served, escalations, attempts, and cost against the LLM tier."""
+        attempts = [a for o in outcomes for a in o.attempts]
+        costs = [self.prices.cost(a["model"], a["tokens_in"] + a["tokens_out"]) for a in attempts]
+        # as for pipeline steps: what the LLM tier would have charged for the answer given (the last attempt)
+        counterfactual = [self._llm_cost(llm, o.attempts[-1]) for o in outcomes if o.attempts]
+        report: dict[str, Any] = {
+            "served_by": outcomes[0].served_by,
+            "escalations": [e for o in outcomes for e in o.escalations],
+            "attempts": attempts,
+            "cost": asdict(CostSummary.of(costs, counterfactual, llm)),
+        }
+        engine_s = [o.result.extra.get("engine_s") for o in outcomes]
+        if all(isinstance(s, float) for s in engine_s):
+            report["engine_s"] = sum(engine_s)  # type: ignore[arg-type]
+        if (rate := outcomes[0].result.extra.get("tokens_per_hour")) is not None:
+            report["tokens_per_hour"] = rate
+        return report
+
+    def _llm_cost(self, llm: str | None, attempt: dict[str, Any]) -> float | None:
+        return self.prices.cost(llm, attempt["tokens_in"] + attempt["tokens_out"]) if llm else None
+
+
+def needs_whole_answer(target: ChatTarget, request: GenerationRequest) -> bool:
+    """A streamed call that must be judged before its first byte: it may escalate, or its output is constrained
+    (a contract or tools), so an invalid answer must become an error rather than half a stream."""
+    return target.policy.to is not None or request.contract is not None or request.tools is not None
+
+
+async def replay(outcome: ChatOutcome) -> AsyncIterator[StreamDelta | GenerationResult]:
+    """A judged, finished answer as a stream: its text in one delta, each tool call in its own, then the result."""
+    result = outcome.result
+    if result.error is None:
+        if result.text:
+            yield StreamDelta(result.text, logprobs=result.token_logprobs)
+        for call in result.tool_calls:
+            yield StreamDelta(tool_call=call)
+    yield result
+
+
+def _specialist_contract(spec: FleetSpec, specialist: str | None) -> Any:
+    return contract_from_spec(spec.specialists[specialist].output) if specialist else None
+
+
+def _attempt(result: GenerationResult, action: str, reason: str | None, detail: str) -> dict[str, Any]:
+    return {
+        "model": result.model,
+        "tokens_in": result.prompt_tokens,
+        "tokens_out": result.completion_tokens,
+        "finish_reason": result.finish_reason,
+        "action": action,
+        "reason": reason,
+        "detail": detail,
+        "engine_s": result.extra.get("engine_s"),
+    }
+
+
+def _failed(result: GenerationResult, reason: str | None, detail: str, max_tokens: int) -> GenerationResult:
+    """A failing verdict as an error result: the model's own error, a cut the client can fix, or invalid output."""
+    if result.error is not None:
+        return result
+    if reason == "contract" and result.finish_reason == "length":
+        more = math.ceil(max_tokens * 2)
+        message = f"the answer did not fit max_tokens {max_tokens} ({detail}); raise max_tokens (e.g. to {more})"
+        return replace(result, error=GenerationError("bad_request", message))
+    return replace(result, error=GenerationError("output_invalid", f"the model's answer failed its {reason}: {detail}"))

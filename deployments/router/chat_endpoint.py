@@ -1,0 +1,167 @@
+"""``/v1/chat/completions`` as data: a request in, ``(status, body)`` or a stream of chunk dicts out.
+
+Kept apart from HTTP so the Responses API (:mod:`deployments.router.responses_api`) runs on the very same path:
+it hands a chat-completions body to :meth:`ChatEndpoint.complete` / :meth:`ChatEndpoint.chunks`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from cluster.cost import PriceBook
+from cluster.spec import FleetSpec
+from deployments.pipeline.routes import PIPELINE_PREFIX, pipeline_chat, pipeline_chunks
+from deployments.pipeline.runner import PipelineRunner
+from deployments.protocol import GenerationError, GenerationRequest, GenerationResult, StreamDelta
+from deployments.router.chat import ChatCaller, ChatOutcome, chat_target, needs_whole_answer, replay
+from deployments.router.openai_api import (
+    STATUS_BY_KIND,
+    ChatCompletionRequest,
+    chunk_body,
+    completion_body,
+    error_body,
+    tool_call_body,
+    usage,
+    validation_error_body,
+)
+
+Answer = tuple[int, dict[str, Any]]
+
+
+class ModelBackend(Protocol):
+    """How the router reaches model deployments (Serve handles in production, a fake in unit tests)."""
+
+    async def complete(self, model: str, request: GenerationRequest) -> GenerationResult: ...
+
+    def stream(self, model: str, request: GenerationRequest) -> AsyncIterator[StreamDelta | GenerationResult]: ...
+
+    async def health(self) -> dict[str, bool]: ...
+
+
+def generation_error(error: GenerationError) -> Answer:
+    status = STATUS_BY_KIND.get(error.kind, 500)
+    err_type = "invalid_request_error" if status < 500 else "server_error"  # noqa: PLR2004
+    return status, error_body(error.message, err_type, error.kind)
+
+
+def resolve_target(spec: FleetSpec, name: str) -> tuple[str, str | None] | None:
+    """(model deployment, specialist) for a request's ``model`` field, or None when nothing has that name."""
+    if name in spec.models:
+        return name, None
+    if name in spec.specialists:
+        return spec.specialists[name].model, name
+    return None
+
+
+class ChatEndpoint:
+    """Chat completions on models, specialists (with their escalation policy) and ``pipeline:<name>``."""
+
+    def __init__(
+        self,
+        spec: FleetSpec,
+        backend: ModelBackend,
+        prices: PriceBook,
+        llm: str | None,
+        runner: PipelineRunner | None = None,
+    ) -> None:
+        self.spec, self.backend, self.llm, self.runner = spec, backend, llm, runner
+        self.caller = ChatCaller(spec, backend.complete, prices, spec.server.request_timeout_s)
+
+    @staticmethod
+    def parse(data: dict[str, Any]) -> ChatCompletionRequest | Answer:
+        try:
+            return ChatCompletionRequest.model_validate(data)
+        except ValidationError as exc:
+            return 400, validation_error_body(exc.errors())
+
+    def _unknown(self, name: str) -> Answer:
+        known = ", ".join(self.spec.served_names())
+        message = f"The model '{name}' does not exist. Served: {known}"
+        return 404, error_body(message, "invalid_request_error", "model_not_found", "model")
+
+    async def complete(self, body: ChatCompletionRequest) -> Answer:
+        """A whole answer: ``n`` choices, each judged by its policy (retried or escalated), or an error."""
+        if body.model.startswith(PIPELINE_PREFIX):
+            return await pipeline_chat(body, self.runner)
+        target = resolve_target(self.spec, body.model)
+        if target is None:
+            return self._unknown(body.model)
+        chat = chat_target(self.spec, *target)
+        requests = [body.to_generation(chat.specialist, i) for i in range(body.n)]
+        outcomes = await asyncio.gather(*(self.caller.answer(chat, r) for r in requests))
+        failed = next((o for o in outcomes if o.error is not None), None)
+        if failed is not None:
+            return generation_error(failed.error)  # type: ignore[arg-type]
+        report = self.caller.report(list(outcomes), self.llm)
+        return 200, completion_body(requests[0].request_id, body.model, [o.result for o in outcomes], report)
+
+    async def chunks(self, body: ChatCompletionRequest) -> Answer | AsyncIterator[dict[str, Any]]:
+        """A streamed answer: an error before the first byte, or ChatCompletionChunk dicts (an error dict mid-way).
+
+        A call that may escalate or whose output is constrained is judged whole first, then streamed.
+        """
+        if body.model.startswith(PIPELINE_PREFIX):
+            return await pipeline_chunks(body, self.runner)
+        target = resolve_target(self.spec, body.model)
+        if target is None:
+            return self._unknown(body.model)
+        chat = chat_target(self.spec, *target)
+        request = body.to_generation(chat.specialist)
+        if needs_whole_answer(chat, request):
+            outcome = await self.caller.answer(chat, request)
+            if outcome.error is not None:
+                return generation_error(outcome.error)
+            items = replay(outcome)
+            report: dict[str, Any] | None = self.caller.report([outcome], self.llm)
+        else:
+            items, report = self.backend.stream(chat.model, request), None
+        first = await anext(items, None)
+        if isinstance(first, GenerationResult) and first.error is not None:
+            return generation_error(first.error)
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return _chunks(first, items, request.request_id, body.model, include_usage=include_usage, report=report)
+
+
+async def _chunks(
+    first: StreamDelta | GenerationResult | None,
+    items: AsyncIterator[StreamDelta | GenerationResult],
+    request_id: str,
+    served_as: str,
+    *,
+    include_usage: bool,
+    report: dict[str, Any] | None,
+) -> AsyncIterator[dict[str, Any]]:
+    """OpenAI chunks: the role, text deltas, tool calls (one delta each, with their index), the finish, usage."""
+    yield chunk_body(request_id, served_as, {"role": "assistant", "content": ""})
+    item, calls = first, 0
+    while item is not None:
+        if isinstance(item, StreamDelta) and item.tool_call is not None:
+            yield chunk_body(request_id, served_as, {"tool_calls": [tool_call_body(item.tool_call, calls)]})
+            calls += 1
+        elif isinstance(item, StreamDelta):
+            if item.text or item.logprobs:
+                yield chunk_body(request_id, served_as, {"content": item.text}, logprobs=item.logprobs)
+        elif item.error is not None:
+            _, body = generation_error(item.error)
+            yield body
+        else:
+            yield _final_chunk(request_id, served_as, item, report)
+            if include_usage:
+                yield {**chunk_body(request_id, served_as, {}), "choices": [], "usage": usage(item)}
+        item = await anext(items, None)
+
+
+def _final_chunk(
+    request_id: str, served_as: str, result: GenerationResult, report: dict[str, Any] | None
+) -> dict[str, Any]:
+    chunk = chunk_body(request_id, served_as, {}, result.finish_reason or "stop")
+    if report is not None:
+        chunk["slmfleet"] = report
+    return chunk
+
+
+__all__ = ["ChatEndpoint", "ChatOutcome", "ModelBackend", "resolve_target"]
