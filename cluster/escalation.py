@@ -6,8 +6,8 @@ the verdict, which keeps the policy testable without a fleet (like Ray Serve's a
 Checks, in order:
 
 1. **unavailable**: the caller raised or timed out, or the result carries an error of kind engine_dead,
-   overloaded or internal. Other error kinds (bad_request, context_length_exceeded) fail the step: a larger model
-   would get the same bad request.
+   overloaded, internal or timeout. Other error kinds (bad_request, context_length_exceeded) fail the step: a
+   larger model would get the same bad request.
 2. **contract**: the text must satisfy the call's contract: parse as JSON and validate against the schema
    (``jsonschema`` when installed, else a minimal structural check), be one of the choices, or fully match the
    regex. Constrained decoding is not enough: a string or number may run on until ``max_tokens`` and leave
@@ -35,7 +35,7 @@ try:  # jsonschema ships with Ray and the test extra; the fallback keeps cluster
 except ImportError:  # pragma: no cover - exercised only where jsonschema is absent
     jsonschema = None  # type: ignore[assignment]
 
-UNAVAILABLE_KINDS = frozenset({"engine_dead", "overloaded", "internal"})
+UNAVAILABLE_KINDS = frozenset({"engine_dead", "overloaded", "internal", "timeout"})
 Action = Literal["accept", "retry", "escalate", "fail"]
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cluster.spec import OutputContract, SamplingSpec, SpecialistSpec
-from deployments.model.json_budget import fit_schema
+from deployments.model.json_budget import SERVING_CHARS_PER_TOKEN, fit_schema
 from deployments.model.tool_calls import structural_tag, text_format
 from deployments.protocol import Contract, GenerationRequest, ToolDef
 
@@ -48,7 +48,7 @@ def structured_kwargs(contract: Contract | None, max_tokens: int) -> dict[str, A
     if contract is None or contract.is_empty():
         return None
     if contract.json_schema is not None:
-        return {"json": fit_schema(contract.json_schema, max_tokens)}
+        return {"json": fit_schema(contract.json_schema, max_tokens, SERVING_CHARS_PER_TOKEN)}
     if contract.choice is not None:
         return {"choice": list(contract.choice)}
     return {"regex": contract.regex}
@@ -65,7 +65,9 @@ def text_of(content: Any) -> str:
 
 def plain_message(message: dict[str, Any]) -> dict[str, Any]:
     """Role and text content, plus the tool-calling fields when present (tool_calls, tool_call_id, name)."""
-    plain: dict[str, Any] = {"role": str(message.get("role", "user")), "content": text_of(message.get("content"))}
+    role = str(message.get("role", "user"))
+    role = "system" if role == "developer" else role  # OpenAI's newer name for the system prompt
+    plain: dict[str, Any] = {"role": role, "content": text_of(message.get("content"))}
     for key in ("tool_calls", "tool_call_id", "name"):
         if message.get(key):
             plain[key] = message[key]

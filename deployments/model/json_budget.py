@@ -50,6 +50,16 @@ BOOLEAN_CHARS = 5
 NULL_CHARS = 4
 
 
+# What the serving path assumes: JSON text averages at least two characters a token (keys, punctuation and words
+# are one token for several characters under BPE). Not a strict bound: an answer that still breaks its schema is
+# caught by the router's contract check (retried, escalated, or a clear error, never a 200).
+SERVING_CHARS_PER_TOKEN = 2.0
+
+
+ITEM_SLOWNESS = 4  # an added maxItems grows one item per four characters of string allowance
+DIGIT_SLOWNESS = 3  # added number bounds grow one digit per three
+
+
 class SchemaBudgetError(ValueError):
     """The schema's shortest bounded answer does not fit max_tokens.
 
@@ -73,8 +83,12 @@ class _Knobs:
     limit: int | None = None
     tighten_given: bool = False
 
-    def pick(self, floor: int, given: int | None, default: int | None = None) -> int:
-        """The bound to use, from ``floor`` up to the given bound, ``default`` and ``limit``, whichever is least."""
+    def pick(self, floor: int, given: int | None, default: int | None = None, per: int = 1) -> int:
+        """The bound to use, from ``floor`` up to the given bound, ``default`` and ``limit``, whichever is least.
+
+        ``per`` slows a bound's growth (one unit per ``per`` of allowance): array items and number digits grow
+        slower than string lengths, so the budget goes to the text a value needs rather than to more of them.
+        """
         if self.limit is None:
             if given is None:
                 raise _Unbounded
@@ -82,7 +96,7 @@ class _Knobs:
         if given is not None and not self.tighten_given:
             return given
         ceiling = max(floor, min(cap for cap in (self.limit, given, default) if cap is not None))
-        return min(ceiling, floor + self.allowance)
+        return min(ceiling, floor + self.allowance // per)
 
 
 def longest_json_chars(schema: dict) -> int | None:
@@ -93,21 +107,24 @@ def longest_json_chars(schema: dict) -> int | None:
         return None
 
 
-def fit_schema(schema: dict, max_tokens: int) -> dict:
-    """A copy of ``schema`` tightened so longest_json_chars(result) <= max_tokens.
+def fit_schema(schema: dict, max_tokens: int, chars_per_token: float = 1.0) -> dict:
+    """A copy of ``schema`` tightened so longest_json_chars(result) <= max_tokens x chars_per_token.
 
+    ``chars_per_token`` 1 is the strict bound; a caller may assume more characters a token on average (the
+    serving path assumes 2, see :data:`SERVING_CHARS_PER_TOKEN`) and check the output as well.
     Raises SchemaBudgetError when impossible.
     Returns the schema unchanged (a copy) when it is unbounded in a way this module cannot bound (recursive $ref),
     so the caller falls back to checking the output.
     """
+    budget = max(1, int(max_tokens * chars_per_token))
     try:
         inlined = _inline(schema, schema, frozenset())
         for tighten_given in (False, True):
-            if _length(inlined, _Knobs(0, max_tokens, tighten_given)) <= max_tokens:
-                return _bisect(inlined, max_tokens, tighten_given)
+            if _length(inlined, _Knobs(0, budget, tighten_given)) <= budget:
+                return _bisect(inlined, budget, tighten_given)
     except _Unbounded:
         return copy.deepcopy(schema)
-    needed = _length(inlined, _Knobs(0, max_tokens, True))
+    needed = math.ceil(_length(inlined, _Knobs(0, budget, True)) / chars_per_token)
     raise SchemaBudgetError(
         f"max_tokens {max_tokens} is too small for this JSON schema: its shortest bounded answer needs about "
         f"{needed} tokens; raise max_tokens to at least {needed}"
@@ -235,7 +252,7 @@ def _number(node: dict, kind: str, knobs: _Knobs) -> tuple[dict, int]:
     highs = _bounds(node, "maximum", "exclusiveMaximum")
     fitted = node
     if not lows or not highs:
-        span = 10 ** knobs.pick(1, None, DEFAULT_DIGITS) - 1
+        span = 10 ** knobs.pick(1, None, DEFAULT_DIGITS, per=DIGIT_SLOWNESS) - 1
         fitted = dict(node)
         if not lows:
             fitted["minimum"] = -span if -span < min(highs, default=span) else math.ceil(min(highs)) - 1
@@ -265,7 +282,7 @@ def _array(node: dict, knobs: _Knobs) -> tuple[dict, int]:
         fitted, item_chars = {**node, "maxItems": count}, 0
     else:
         item_node, item_chars = _walk(items, knobs)
-        count = knobs.pick(floor, node.get("maxItems"))
+        count = knobs.pick(floor, node.get("maxItems"), per=ITEM_SLOWNESS)
         fitted = {**node, "items": item_node, "maxItems": count}
     chars = [p[1] for p in prefix[:count]] + [item_chars] * (count - len(prefix))
     if prefix:

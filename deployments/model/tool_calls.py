@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from deployments.model.json_budget import fit_schema
+from deployments.model.json_budget import SERVING_CHARS_PER_TOKEN, fit_schema
 from deployments.protocol import Contract, ToolCall, ToolDef, Tools
 
 CALL_OPEN = "<tool_call>"
@@ -36,6 +36,7 @@ _CALL = re.compile(
     re.escape(CALL_OPEN) + r'\n\{"name": "(?P<name>[^"]+)", "arguments": (?P<args>.*?)\}\n' + re.escape(CALL_CLOSE),
     re.DOTALL,
 )
+_CALL_AND_SEPARATOR = re.compile(_CALL.pattern + r"\n*", re.DOTALL)
 
 
 def call_overhead(name: str) -> int:
@@ -47,8 +48,8 @@ def call_overhead(name: str) -> int:
 def argument_budget(tool: ToolDef, max_tokens: int) -> int:
     """Tokens the arguments may take so that one whole call fits ``max_tokens``.
 
-    The schema bound counts one character as one token (true of ASCII under BPE, where a token is one character
-    or more) and ``", "`` / ``": "`` separators; the grammar allows at most one whitespace character at a gap.
+    The schema bound assumes two characters a token (:data:`SERVING_CHARS_PER_TOKEN`) and counts ``", "`` /
+    ``": "`` separators; the grammar allows at most one whitespace character at a gap.
     """
     return max(1, max_tokens - call_overhead(tool.name))
 
@@ -78,7 +79,7 @@ def _call_tag(tool: ToolDef, max_tokens: int) -> dict[str, Any]:
         "begin": _BEGIN + tool.name + _ARGS,
         "content": {
             "type": "json_schema",
-            "json_schema": fit_schema(tool.parameters, argument_budget(tool, max_tokens)),
+            "json_schema": fit_schema(tool.parameters, argument_budget(tool, max_tokens), SERVING_CHARS_PER_TOKEN),
             "max_whitespace_cnt": MAX_WHITESPACE,
         },
         "end": _END,
@@ -90,7 +91,7 @@ def text_format(contract: Contract | None, max_tokens: int) -> dict[str, Any] | 
     if contract is None or contract.is_empty():
         return None
     if contract.json_schema is not None:
-        schema = fit_schema(contract.json_schema, max(1, max_tokens // 2))
+        schema = fit_schema(contract.json_schema, max_tokens, SERVING_CHARS_PER_TOKEN)
         return {"type": "json_schema", "json_schema": schema, "max_whitespace_cnt": MAX_WHITESPACE}
     if contract.choice is not None:
         return {"type": "or", "elements": [{"type": "const_string", "value": c} for c in contract.choice]}
@@ -109,14 +110,15 @@ def _as_call(match: re.Match[str]) -> ToolCall:
 
 
 def split_tool_calls(text: str) -> tuple[str, list[ToolCall]]:
-    """(text outside the calls, the calls) of a finished generation; a call cut off at max_tokens is dropped."""
+    """(text outside the calls, the calls) of a finished generation.
+
+    One rule, shared with :class:`ToolCallStream`: each call goes, with the newlines right after it (the separator
+    between calls); nothing else is stripped; a call cut off at max_tokens is dropped.
+    """
     calls = [_as_call(m) for m in _CALL.finditer(text)]
-    if not calls:
-        head, _, _ = text.partition(CALL_OPEN)
-        return head, []
-    rest = _CALL.sub("", text)
+    rest = _CALL_AND_SEPARATOR.sub("", text)
     head, _, _ = rest.partition(CALL_OPEN)  # an unfinished call's text is not content
-    return head.strip(), calls
+    return head, calls
 
 
 @dataclass
@@ -129,6 +131,7 @@ class ToolCallStream:
 
     _pending: str = ""
     _in_call: bool = False
+    _after_call: bool = False  # newlines right after a call are its separator, not text
     calls: list[ToolCall] = field(default_factory=list)
 
     def feed(self, delta: str) -> Iterator[str | ToolCall]:
@@ -147,11 +150,16 @@ class ToolCallStream:
         return rest
 
     def _next(self) -> str | ToolCall | None:
+        if self._after_call:
+            self._pending = self._pending.lstrip("\n")
+            if not self._pending:
+                return None  # more separator may follow
+            self._after_call = False
         if self._in_call:
             match = _CALL.match(self._pending)
             if match is None:
                 return None
-            self._pending, self._in_call = self._pending[match.end() :].lstrip("\n"), False
+            self._pending, self._in_call, self._after_call = self._pending[match.end() :], False, True
             return _as_call(match)
         start = self._pending.find(CALL_OPEN)
         if start >= 0:

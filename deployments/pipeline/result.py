@@ -14,7 +14,9 @@ from cluster.cost import CostSummary
 
 StepStatus = Literal["ok", "skipped", "failed"]
 ErrorKind = Literal["contract", "unavailable", "error", "tool", "condition"]
-EventType = Literal["step_started", "step_retried", "step_escalated", "step_finished", "pipeline_finished"]
+EventType = Literal[
+    "step_started", "step_delta", "step_retried", "step_escalated", "step_finished", "pipeline_finished"
+]
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from deployments.pipeline.result import PipelineResult
+from deployments.pipeline.result import StepEvent
 from deployments.pipeline.runner import PipelineRunner
 from deployments.router.openai_api import ChatCompletionRequest, chunk_body, error_body, error_response, new_id
 
@@ -78,13 +78,13 @@ def _unknown_model(body: ChatCompletionRequest) -> tuple[int, dict[str, Any]]:
     )
 
 
-def run_error(result: PipelineResult) -> tuple[int, dict[str, Any]]:
-    """A failed run as an OpenAI error: the failing step and why, the run id to look it up by."""
-    error = result.error
-    kind = error.kind if error else "error"
+def run_error(run: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """A failed run (``PipelineResult.to_dict()``) as an OpenAI error: the failing step, why, and the run id."""
+    error = run.get("error") or {}
+    kind = error.get("kind", "error")
     status = STATUS_BY_STEP_ERROR.get(kind, 500)
-    message = f"pipeline '{result.pipeline}' failed at step '{error.step if error else '?'}' ({kind}): "
-    message += f"{error.message if error else 'no detail'} [run {result.run_id}]"
+    message = f"pipeline '{run['pipeline']}' failed at step '{error.get('step') or '?'}' ({kind}): "
+    message += f"{error.get('message') or 'no detail'} [run {run['run_id']}]"
     err_type = "invalid_request_error" if status < 500 else "server_error"  # noqa: PLR2004
     return status, error_body(message, err_type, f"pipeline_{kind}")
 
@@ -95,22 +95,56 @@ async def pipeline_chat(body: ChatCompletionRequest, runner: PipelineRunner | No
     if runner is None or name not in runner.pipelines:
         return _unknown_model(body)
     CURRENT_PIPELINE.set(name)
-    result = await runner.run(name, chat_inputs(body))
-    if result.status != "ok":
-        return run_error(result)
-    return 200, pipeline_completion(new_id("chatcmpl"), body.model, result)
+    run = (await runner.run(name, chat_inputs(body))).to_dict()
+    if run["status"] != "ok":
+        return run_error(run)
+    return 200, pipeline_completion(new_id("chatcmpl"), body.model, run)
 
 
 async def pipeline_chunks(
     body: ChatCompletionRequest, runner: PipelineRunner | None
 ) -> tuple[int, dict[str, Any]] | AsyncIterator[dict[str, Any]]:
-    """A streamed pipeline-as-chat: the run's events are followed, and its output goes out when it finishes (an
-    error before any byte is a plain HTTP error; the run has ended by then, as a run's output is only known at the
-    end)."""
-    status, answer = await pipeline_chat(body, runner)
-    if status != 200:  # noqa: PLR2004
-        return status, answer
-    return _answer_chunks(answer)
+    """A streamed pipeline-as-chat. The output step's text goes out as the model generates it when the runner
+    can stream it (``step_delta`` events); otherwise the output leaves when the run ends. A run that fails before
+    any text is a plain HTTP error; one that fails after ends the stream with an error event."""
+    name = body.model.removeprefix(PIPELINE_PREFIX)
+    if runner is None or name not in runner.pipelines:
+        return _unknown_model(body)
+    CURRENT_PIPELINE.set(name)
+    events = runner.run_events(name, chat_inputs(body))
+    request_id = new_id("chatcmpl")
+    async for event in events:
+        if event.type == "step_delta":
+            return _live_chunks(event, events, request_id, body.model)
+        if event.type == "pipeline_finished":
+            if event.data["status"] != "ok":
+                return run_error(event.data)
+            return _answer_chunks(pipeline_completion(request_id, body.model, event.data))
+    return 500, error_body("the pipeline ended without a result", "server_error", "internal")
+
+
+async def _live_chunks(
+    first: StepEvent, events: AsyncIterator[StepEvent], request_id: str, served_as: str
+) -> AsyncIterator[dict[str, Any]]:
+    attempt = first.data["attempt"]
+    yield chunk_body(request_id, served_as, {"role": "assistant", "content": first.data["text"]})
+    async for event in events:
+        if event.type == "step_delta" and event.data["attempt"] != attempt:
+            yield error_body(
+                f"the output step's model failed after part of its answer was sent; the run goes on as {event.run_id}",
+                "server_error",
+                "stream_interrupted",
+            )
+            return
+        if event.type == "step_delta":
+            yield chunk_body(request_id, served_as, {"content": event.data["text"]})
+        elif event.type == "pipeline_finished":
+            if event.data["status"] != "ok":
+                yield run_error(event.data)[1]
+                return
+            final = chunk_body(request_id, served_as, {}, "stop")
+            final["slmfleet"] = event.data
+            yield final
 
 
 async def _answer_chunks(answer: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
@@ -122,13 +156,11 @@ async def _answer_chunks(answer: dict[str, Any]) -> AsyncIterator[dict[str, Any]
     yield final
 
 
-def reply_text(result: PipelineResult) -> str:
-    if isinstance(result.output, str):
-        return result.output
-    return json.dumps(result.output)
+def reply_text(output: Any) -> str:
+    return output if isinstance(output, str) else json.dumps(output)
 
 
-def pipeline_completion(request_id: str, served_as: str, result: PipelineResult) -> dict[str, Any]:
+def pipeline_completion(request_id: str, served_as: str, run: dict[str, Any]) -> dict[str, Any]:
     """OpenAI chat completion whose message is the pipeline's output; the whole run rides along under slmfleet."""
     return {
         **chunk_body(request_id, served_as, {}),
@@ -136,15 +168,15 @@ def pipeline_completion(request_id: str, served_as: str, result: PipelineResult)
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": reply_text(result)},
+                "message": {"role": "assistant", "content": reply_text(run["output"])},
                 "finish_reason": "stop",
                 "logprobs": None,
             }
         ],
         "usage": {
-            "prompt_tokens": result.tokens_in,
-            "completion_tokens": result.tokens_out,
-            "total_tokens": result.tokens_in + result.tokens_out,
+            "prompt_tokens": run["tokens_in"],
+            "completion_tokens": run["tokens_out"],
+            "total_tokens": run["tokens_in"] + run["tokens_out"],
         },
-        "slmfleet": result.to_dict(),
+        "slmfleet": run,
     }

@@ -41,9 +41,10 @@ from deployments.pipeline.result import (
     StepStatus,
 )
 from deployments.pipeline.tools import ToolRegistry, ToolResult
-from deployments.protocol import Contract, GenerationRequest, GenerationResult
+from deployments.protocol import Contract, GenerationRequest, GenerationResult, StreamDelta
 
 ModelCaller = Callable[[str, GenerationRequest], Awaitable[GenerationResult]]
+ModelStreamer = Callable[[str, GenerationRequest], AsyncIterator[StreamDelta | GenerationResult]]
 Emit = Callable[[StepEvent], None]
 DEFAULT_MAX_TOKENS = 256
 
@@ -84,13 +85,25 @@ class _PipelinePlan:
     output: Any  # None, a template string, or a mapping of templates
     llm_model: str | None
     parallel: bool
+    live_step: str | None  # the step whose text, streamed as generated, is the run's output (see _live_step)
 
 
 def _plan_pipeline(spec: FleetSpec, name: str, tools: ToolRegistry) -> _PipelinePlan:
     pipeline = spec.pipelines[name]
     steps = tuple(_plan_step(spec, pipeline, step, tools) for step in pipeline.steps)
     llm = llm_reference_model(spec, pipeline.escalation.to)
-    return _PipelinePlan(name, steps, pipeline.output, llm, pipeline.parallel)
+    return _PipelinePlan(name, steps, pipeline.output, llm, pipeline.parallel, _live_step(pipeline, steps))
+
+
+def _live_step(pipeline: PipelineSpec, steps: tuple[_StepPlan, ...]) -> str | None:
+    """The last step, when its text can leave as it is generated: it is the run's output (no ``output:``
+    template), a model call in free text (no contract to check first), and never judged unsure after the fact
+    (no low-confidence escalation)."""
+    last = steps[-1] if steps else None
+    if pipeline.output is not None or last is None or last.model is None or last.spec.kind == "tool":
+        return None
+    unsure_possible = last.policy.min_confidence > 0 and "low_confidence" in last.policy.reasons
+    return None if last.contract is not None or unsure_possible else last.name
 
 
 def _plan_step(spec: FleetSpec, pipeline: PipelineSpec, name: str, tools: ToolRegistry) -> _StepPlan:
@@ -191,8 +204,14 @@ class PipelineRunner:
         tracer_provider: trace.TracerProvider | None = None,
         prices: PriceBook | None = None,
         on_finished: Callable[[PipelineResult], None] | None = None,
+        stream_model: ModelStreamer | None = None,
     ) -> None:
-        """``on_finished`` sees every finished run, JSON or streamed (the router counts runs and escalations)."""
+        """``on_finished`` sees every finished run, JSON or streamed (the router counts runs and escalations).
+
+        With ``stream_model``, an event-streamed run sends its output step's text as ``step_delta`` events while
+        the model generates it (see :func:`_live_step`).
+        """
+        self._stream_model = stream_model
         self._spec = spec
         self._call_model = call_model
         self._tools = tools
@@ -408,7 +427,7 @@ class PipelineRunner:
         calls = _Calls(model=str(step.model))
         can_escalate, retries, max_tokens = step.can_escalate, 0, step.max_tokens
         while True:
-            outcome, attempt = await self._attempt(step, calls, request)
+            outcome, attempt = await self._attempt(step, calls, request, self._text_sink(run, step, calls))
             verdict = decide(
                 outcome,
                 step.contract,
@@ -441,14 +460,23 @@ class PipelineRunner:
         run.event("step_escalated", step.name, **escalation.__dict__)
         calls.model = target
 
-    async def _attempt(self, step: _StepPlan, calls: _Calls, request: GenerationRequest) -> tuple[CallOutcome, Attempt]:
+    def _text_sink(self, run: _Run, step: _StepPlan, calls: _Calls) -> Callable[[str], None] | None:
+        """Where a live step's text goes as it is generated (None: the call is made whole)."""
+        if self._stream_model is None or not run.listening or step.name != run.plan.live_step:
+            return None
+        attempt = len(calls.attempts)
+        return lambda text: run.event("step_delta", step.name, text=text, attempt=attempt, model=calls.model)
+
+    async def _attempt(
+        self, step: _StepPlan, calls: _Calls, request: GenerationRequest, on_text: Callable[[str], None] | None
+    ) -> tuple[CallOutcome, Attempt]:
         """One model call under the step's timeout, in its own span; exceptions become outcomes."""
         model = calls.model
         escalation = calls.escalations[-1] if calls.escalations else None
         attributes = _call_attributes(model, step.spec.specialist, escalation)
         with self._tracer.start_as_current_span(f"model_call {model}", attributes=attributes) as span:
             started = self._clock()
-            outcome = await self._guarded_call(model, request, step.timeout_s)
+            outcome = await self._guarded_call(model, request, step.timeout_s, on_text)
             latency = self._clock() - started
             result = outcome.result
             tokens_in = result.prompt_tokens if result else 0
@@ -461,10 +489,14 @@ class PipelineRunner:
         engine_s = result.extra.get("engine_s") if result else None
         return outcome, Attempt(model, tokens_in, tokens_out, latency, finish, "pending", cost=cost, engine_s=engine_s)
 
-    async def _guarded_call(self, model: str, request: GenerationRequest, timeout_s: float) -> CallOutcome:
+    async def _guarded_call(
+        self, model: str, request: GenerationRequest, timeout_s: float, on_text: Callable[[str], None] | None
+    ) -> CallOutcome:
         try:
             async with asyncio.timeout(timeout_s):
-                return CallOutcome(await self._call_model(model, request))
+                if on_text is None or self._stream_model is None:
+                    return CallOutcome(await self._call_model(model, request))
+                return CallOutcome(await _streamed(self._stream_model(model, request), on_text))
         except TimeoutError:
             return CallOutcome(None, f"timeout after {timeout_s}s")
         except Exception as exc:  # a dead replica, a missing deployment: the policy decides, nothing is hidden
@@ -478,6 +510,18 @@ class PipelineRunner:
                 span.set_attribute("slmfleet.tool_error", outcome.error)
                 span.set_status(trace.Status(trace.StatusCode.ERROR, outcome.error))
         return outcome
+
+
+async def _streamed(
+    items: AsyncIterator[StreamDelta | GenerationResult], on_text: Callable[[str], None]
+) -> GenerationResult | None:
+    """A streamed call's final result, its text handed to ``on_text`` piece by piece on the way."""
+    async for item in items:
+        if isinstance(item, GenerationResult):
+            return item
+        if item.text:
+            on_text(item.text)
+    return None
 
 
 def _text(outcome: CallOutcome) -> str | None:

@@ -69,14 +69,23 @@ class ChatCaller:
     def __init__(self, spec: FleetSpec, call: ModelCall, prices: PriceBook, timeout_s: float) -> None:
         self.spec, self.call, self.prices, self.timeout_s = spec, call, prices, timeout_s
 
-    async def answer(self, target: ChatTarget, request: GenerationRequest) -> ChatOutcome:
-        """Call, judge, and retry or escalate until the policy accepts or gives up (bounded by the policy)."""
+    def contract(self, target: ChatTarget, request: GenerationRequest) -> Any:
+        """The output contract a call is judged by: the request's response format, else its specialist's."""
+        return request.contract or _specialist_contract(self.spec, target.specialist)
+
+    async def answer(
+        self, target: ChatTarget, request: GenerationRequest, first: GenerationResult | None = None
+    ) -> ChatOutcome:
+        """Call, judge, and retry or escalate until the policy accepts or gives up (bounded by the policy).
+
+        ``first`` is the first call's result when it was already made (a stream that failed before its first byte).
+        """
         outcome = ChatOutcome(GenerationResult(model=target.model))
         model, can_escalate, retries = target.model, target.can_escalate, 0
         max_tokens = request.max_tokens or target.default_max_tokens
-        contract = request.contract or _specialist_contract(self.spec, target.specialist)
+        contract = self.contract(target, request)
         while True:
-            result = await self._call(model, request)
+            result, first = first or await self._call(model, request), None
             verdict = decide(
                 CallOutcome(result),
                 contract,
@@ -91,7 +100,8 @@ class ChatCaller:
             if verdict.action == "accept":
                 return outcome
             if verdict.action == "fail":
-                outcome.result = _failed(result, verdict.reason, verdict.detail, max_tokens)
+                factor = max(2.0, target.policy.retry_max_tokens_factor)
+                outcome.result = _failed(result, verdict.reason, verdict.detail, max_tokens, factor)
                 return outcome
             if verdict.action == "retry":
                 retries, max_tokens = retries + 1, verdict.max_tokens or max_tokens
@@ -134,10 +144,14 @@ class ChatCaller:
         return self.prices.cost(llm, attempt["tokens_in"] + attempt["tokens_out"]) if llm else None
 
 
-def needs_whole_answer(target: ChatTarget, request: GenerationRequest) -> bool:
-    """A streamed call that must be judged before its first byte: it may escalate, or its output is constrained
-    (a contract or tools), so an invalid answer must become an error rather than half a stream."""
-    return target.policy.to is not None or request.contract is not None or request.tools is not None
+def needs_whole_answer(target: ChatTarget, request: GenerationRequest, contract: Any) -> bool:
+    """A streamed call that must be judged whole before its first byte: its output is constrained (a contract or
+    tools), or it may be judged unsure at the end, so a failing answer must become an escalation or an error
+    rather than half a stream. Free text otherwise streams as generated (an unavailable model is escalated before
+    the first byte)."""
+    policy = target.policy
+    unsure_possible = target.can_escalate and policy.min_confidence > 0 and "low_confidence" in policy.reasons
+    return contract is not None or request.tools is not None or unsure_possible
 
 
 async def replay(outcome: ChatOutcome) -> AsyncIterator[StreamDelta | GenerationResult]:
@@ -168,12 +182,14 @@ def _attempt(result: GenerationResult, action: str, reason: str | None, detail: 
     }
 
 
-def _failed(result: GenerationResult, reason: str | None, detail: str, max_tokens: int) -> GenerationResult:
+def _failed(
+    result: GenerationResult, reason: str | None, detail: str, max_tokens: int, factor: float
+) -> GenerationResult:
     """A failing verdict as an error result: the model's own error, a cut the client can fix, or invalid output."""
     if result.error is not None:
         return result
     if reason == "contract" and result.finish_reason == "length":
-        more = math.ceil(max_tokens * 2)
+        more = math.ceil(max_tokens * factor)
         message = f"the answer did not fit max_tokens {max_tokens} ({detail}); raise max_tokens (e.g. to {more})"
         return replace(result, error=GenerationError("bad_request", message))
     return replace(result, error=GenerationError("output_invalid", f"the model's answer failed its {reason}: {detail}"))

@@ -99,6 +99,17 @@ class ChatEndpoint:
         report = self.caller.report(list(outcomes), self.llm)
         return 200, completion_body(requests[0].request_id, body.model, [o.result for o in outcomes], report)
 
+    async def _first_item(
+        self, model: str, items: AsyncIterator[StreamDelta | GenerationResult]
+    ) -> StreamDelta | GenerationResult | None:
+        """The stream's first item within the request timeout; a model silent that long counts as unavailable."""
+        timeout_s = self.spec.server.request_timeout_s
+        try:
+            return await asyncio.wait_for(anext(items, None), timeout_s)
+        except TimeoutError:
+            error = GenerationError("timeout", f"no first token from model '{model}' within {timeout_s:.0f} s")
+            return GenerationResult(model=model, error=error)
+
     async def chunks(self, body: ChatCompletionRequest) -> Answer | AsyncIterator[dict[str, Any]]:
         """A streamed answer: an error before the first byte, or ChatCompletionChunk dicts (an error dict mid-way).
 
@@ -111,17 +122,20 @@ class ChatEndpoint:
             return self._unknown(body.model)
         chat = chat_target(self.spec, *target)
         request = body.to_generation(chat.specialist)
-        if needs_whole_answer(chat, request):
-            outcome = await self.caller.answer(chat, request)
+        report: dict[str, Any] | None = None
+        whole = needs_whole_answer(chat, request, self.caller.contract(chat, request))
+        items: AsyncIterator[StreamDelta | GenerationResult] | None = None
+        first: StreamDelta | GenerationResult | None = None
+        if not whole:
+            items = self.backend.stream(chat.model, request)
+            first = await self._first_item(chat.model, items)
+        if items is None or first is None or (isinstance(first, GenerationResult) and first.error is not None):
+            failed = first if isinstance(first, GenerationResult) else None
+            outcome = await self.caller.answer(chat, request, failed)  # judged whole; escalated as the policy says
             if outcome.error is not None:
                 return generation_error(outcome.error)
-            items = replay(outcome)
-            report: dict[str, Any] | None = self.caller.report([outcome], self.llm)
-        else:
-            items, report = self.backend.stream(chat.model, request), None
-        first = await anext(items, None)
-        if isinstance(first, GenerationResult) and first.error is not None:
-            return generation_error(first.error)
+            items, report = replay(outcome), self.caller.report([outcome], self.llm)
+            first = await anext(items, None)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return _chunks(first, items, request.request_id, body.model, include_usage=include_usage, report=report)
 

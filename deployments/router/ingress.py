@@ -151,7 +151,12 @@ class Router:
         self.backend = ServeBackend(model_handles(spec), dict(spec.specialists), self.metrics)
         tools = ToolRegistry.from_spec(spec)
         self.runner = PipelineRunner(
-            spec, self.backend.complete, tools, prices=prices, on_finished=self.metrics.record_run
+            spec,
+            self.backend.complete,
+            tools,
+            prices=prices,
+            on_finished=self.metrics.record_run,
+            stream_model=self.backend.stream,
         )
         self.api_keys = api_keys_from_env(spec)
         if spec.server.api_keys_env and not self.api_keys:

@@ -240,7 +240,7 @@ class ChatCompletionRequest(BaseModel):
             return data
         data = {key: value for key, value in data.items() if key not in NO_OP_FIELDS}
         for key, why in REFUSED_FIELDS.items():
-            if data.get(key) not in (None, [], {}):
+            if data.get(key) is not None and not (key == "functions" and data[key] == []):  # {} asks for web search
                 raise ValueError(f"'{key}' is not supported: {why}")
         extras = {key: data.pop(key) for key in list(data) if key in VLLM_SAMPLING_EXTRAS}
         for key in REFUSED_FIELDS:

@@ -67,7 +67,8 @@ def wait_until_healthy(fleet: Fleet) -> None:
 
 def e2e_spec(path: Path) -> Path:
     """The default fleet plus test pipelines: the demo forced to escalate, the demo with a short step timeout,
-    a lookup of a given order, and a parallel fan-out (two specialists at once, then a reply reading both)."""
+    a lookup of a given order, and a parallel fan-out (two specialists at once, then a reply reading both); and a
+    specialist whose every chat call escalates."""
     spec = yaml.safe_load((ROOT / "fleet.yaml").read_text())
     demo = copy.deepcopy(spec["pipelines"]["support-triage"])
     demo["escalation"]["min_confidence"] = 1.0  # no answer is that sure: every model step escalates
@@ -87,6 +88,9 @@ def e2e_spec(path: Path) -> Path:
         },
         "output": {"intent": "{{ steps.intent.output }}", "order": "{{ steps.fields.output }}"},
     }
+    unsure = copy.deepcopy(spec["specialists"]["intent"])
+    unsure["escalation"] = {"to": "big", "min_confidence": 1.0}  # never sure enough: every chat call escalates
+    spec["specialists"]["intent-unsure"] = unsure
     spec["pipelines"]["lookup-order"] = {
         "steps": {"lookup": {"tool": "order-status", "args": {"order_id": "{{ input.order_id }}"}}},
     }
