@@ -1,7 +1,7 @@
 """Tool calling on the default fleet: validity, how often ``auto`` picks right, what constrained decoding adds,
 and how much of the chat traffic the SLM tier serves with escalation on.
 
-Run by hand: ``.venv/bin/python -m benchmarks.tool_calling [--url URL] [--calls 120] [--ab-prompts 16] ...``.
+Run by hand: ``.venv/bin/python -m benchmarks.tool_calling [--url URL] [--calls 120] [--ab-concurrency 1 8]``.
 Without ``--url`` it starts the default fleet (fleet.yaml: smol and its stand-in LLM tier big) with
 ``slmfleet up`` on a free port and stops it at the end; with ``--url`` it attaches to a running fleet. Everything
 goes through the official ``openai`` client at ``{url}/v1``, every request with a timeout and no retries. Prints,
@@ -13,9 +13,10 @@ measured in this one run:
    HTTP errors and escalations are counted apart. Target: 100 %.
 2. ``tool_choice: auto`` on a labelled set (a given tool, or a text answer): the share where the model's choice
    matches the label, with a confusion summary. A reported figure, not a target: the model has 135M parameters.
-3. the latency constrained tool decoding adds: the same prompts with ``tools`` + ``required`` vs plain text, same
-   ``max_tokens``, temperature 0, interleaved per prompt (A/B, then B/A) to cancel drift; p50/p99, completion
-   tokens, latency per output token, and the ratios tools/plain, at each ``--ab-concurrency``.
+3. the latency constrained tool decoding adds: the same prompts with ``tools`` + ``required`` (parallel calls
+   allowed, and ``parallel_tool_calls: false``) vs plain text, same ``max_tokens``, temperature 0, interleaved per
+   prompt (the order rotated by one per prompt) to cancel drift; p50/p99, completion tokens (and how many answers
+   used all of ``max_tokens``), latency per output token, and the ratios to plain, at each ``--ab-concurrency``.
 4. with escalation on (the specialists ``extract`` / ``intent`` and ``smol`` with a ``response_format``): the
    share served by the SLM tier vs the LLM tier, escalations by reason, and cost vs the LLM-tier counterfactual.
 """
@@ -328,9 +329,11 @@ def bench_validity(client: OpenAI, args: argparse.Namespace) -> dict:
     requests = validity_requests(args.calls, args.tool_max_tokens)
     calls = run_all(lambda r: chat(client, **r[0]), requests, args.concurrency)
     problems: Counter = Counter()
+    failures: list[str] = []
     valid = tool_call_count = 0
     for (request, offered, named), call in zip(requests, calls, strict=True):
         if call.error:
+            failures.insert(0, f"{describe(request)}\n     -> {call.error}")  # errors first
             continue
         single = request.get("parallel_tool_calls") is False
         problem = check_calls(call.tool_calls, offered, named, single)
@@ -339,18 +342,37 @@ def bench_validity(client: OpenAI, args: argparse.Namespace) -> dict:
             problem = problem or f"finish_reason {call.reply.choices[0].finish_reason}"
         valid += problem is None
         problems.update([problem] if problem else [])
+        failures.extend([f"{describe(request)}\n     -> {problem}"] if problem else [])
     errors = Counter(c.error for c in calls if c.error)
     answered = len(calls) - sum(errors.values())
     escalated = sum(1 for c in calls if c.report.get("escalations"))
+    full = Counter(
+        "parallel off" if r[0].get("parallel_tool_calls") is False else "parallel on"
+        for r, c in zip(requests, calls, strict=True)
+        if c.reply is not None and c.reply.usage.completion_tokens >= args.tool_max_tokens
+    )
     print(f"\n1. tool-call validity: {len(calls)} calls on smol (required / named, parallel on and off)")
     print(f"   valid answers      : {valid}/{answered} answered = {pct(valid, answered)}   (target 100 %)")
     print(f"   valid of all sent  : {valid}/{len(calls)} = {pct(valid, len(calls))}")
     print(f"   tool calls returned: {tool_call_count} ({tool_call_count / max(answered, 1):.2f} per answer)")
+    print(f"   used all max_tokens: {full.total()} answers {dict(full)} (max_tokens {args.tool_max_tokens})")
     print(f"   HTTP/client errors : {sum(errors.values())}  {dict(errors) or ''}")
     print(f"   escalated to big   : {escalated}  {dict(escalation_reasons(calls)) or ''}")
     for problem, n in problems.most_common(8):
         print(f"   invalid x{n}: {problem}")
+    for failure in failures[:6]:
+        print(f"   failed: {failure}")
     return {"valid": valid, "answered": answered, "sent": len(calls), "errors": sum(errors.values())}
+
+
+def describe(request: dict) -> str:
+    """A failed request in one line, enough to send it again."""
+    choice = request["tool_choice"]
+    choice = choice if isinstance(choice, str) else f"named {choice['function']['name']}"
+    offered = [t["function"]["name"] for t in request["tools"]]
+    parallel = "off" if request.get("parallel_tool_calls") is False else "on"
+    prompt = request["messages"][-1]["content"]
+    return f"tool_choice {choice}, parallel {parallel}, tools {offered}, max_tokens {request['max_tokens']}: {prompt!r}"
 
 
 def pct(part: float, whole: float) -> str:
@@ -404,12 +426,15 @@ def print_confusion(confusion: Counter) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # 3. latency added by constrained tool decoding
 
+AB_SIDES = ("tools", "tools-1", "plain")  # required with parallel calls (the default), required one call, text
+
 
 @dataclass
 class Side:
     latencies: list[float] = field(default_factory=list)
     completion: list[int] = field(default_factory=list)
     prompt: list[int] = field(default_factory=list)
+    calls: list[int] = field(default_factory=list)
     errors: int = 0
 
     def add(self, call: Call) -> None:
@@ -419,49 +444,56 @@ class Side:
         self.latencies.append(call.latency_s)
         self.completion.append(call.reply.usage.completion_tokens)
         self.prompt.append(call.reply.usage.prompt_tokens)
+        self.calls.append(len(call.tool_calls))
 
     def ms_per_token(self) -> float:
         return 1000 * sum(self.latencies) / max(1, sum(self.completion))
 
+    def row(self, name: str, max_tokens: int) -> str:
+        if not self.latencies:
+            return f"   {name:8s}  0   (every call failed: {self.errors} errors)"
+        p50, p99 = (1000 * percentile(self.latencies, q) for q in (50, 99))
+        cut = sum(n >= max_tokens for n in self.completion)
+        return (
+            f"   {name:8s}{len(self.latencies):3d} {p50:8.1f} {p99:8.1f} {statistics.mean(self.completion):9.1f}"
+            f" {cut:5d} {statistics.mean(self.calls):6.2f} {statistics.mean(self.prompt):10.1f}"
+            f" {self.ms_per_token():10.1f} {self.errors:6d}"
+        )
 
-def ab_pair(client: OpenAI, prompt: str, index: int, max_tokens: int) -> dict[str, Call]:
-    """Both sides for one prompt, tools first on even prompts and plain first on odd ones."""
+
+def ab_set(client: OpenAI, prompt: str, index: int, max_tokens: int) -> dict[str, Call]:
+    """Every side for one prompt, back to back, the order rotated by one per prompt to cancel drift."""
     base = {"model": "smol", "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens}
-    requests = {"tools": {**base, "tools": TOOLS, "tool_choice": "required"}, "plain": base}
-    order = ["tools", "plain"] if index % 2 == 0 else ["plain", "tools"]
+    tools = {**base, "tools": TOOLS, "tool_choice": "required"}
+    requests = {"tools": tools, "tools-1": {**tools, "parallel_tool_calls": False}, "plain": base}
+    shift = index % len(AB_SIDES)
+    order = AB_SIDES[shift:] + AB_SIDES[:shift]
     return {side: chat(client, **requests[side]) for side in order}
 
 
 def bench_latency(client: OpenAI, args: argparse.Namespace, concurrency: int) -> dict:
     prompts = [prompt for label, prompt in AUTO_SET if label != TEXT]
     prompts = [prompts[i % len(prompts)] for i in range(args.ab_prompts)]
-    ab_pair(client, "warm up: weather in Rome?", 0, args.ab_max_tokens)
-    pairs = run_all(
-        lambda item: ab_pair(client, item[1], item[0], args.ab_max_tokens), [*enumerate(prompts)], concurrency
+    ab_set(client, "warm up: weather in Rome?", 0, args.ab_max_tokens)
+    sets = run_all(
+        lambda item: ab_set(client, item[1], item[0], args.ab_max_tokens), [*enumerate(prompts)], concurrency
     )
-    sides = {"tools": Side(), "plain": Side()}
-    for pair in pairs:
-        for name, call in pair.items():
+    sides = {name: Side() for name in AB_SIDES}
+    for one in sets:
+        for name, call in one.items():
             sides[name].add(call)
-    tools, plain = sides["tools"], sides["plain"]
     print(
-        f"\n3. constrained tool decoding vs plain: {len(prompts)} prompts x 2, interleaved, concurrency "
-        f"{concurrency}, max_tokens {args.ab_max_tokens}, temperature 0"
+        f"\n3. constrained tool decoding vs plain: {len(prompts)} prompts x {len(AB_SIDES)}, interleaved, "
+        f"concurrency {concurrency}, max_tokens {args.ab_max_tokens}, temperature 0"
     )
-    print("   side    n   p50 ms   p99 ms  compl tok  prompt tok  ms/out tok  errors")
+    print("   tools: required, parallel calls allowed; tools-1: required, parallel_tool_calls false; plain: no tools")
+    print("   side      n   p50 ms   p99 ms  compl tok  =max  calls  prompt tok  ms/out tok errors")
     for name, side in sides.items():
-        if not side.latencies:
-            print(f"   {name:6s}  0   (every call failed: {side.errors} errors)")
-            continue
-        p50, p99 = (1000 * percentile(side.latencies, q) for q in (50, 99))
-        print(
-            f"   {name:6s}{len(side.latencies):3d} {p50:8.1f} {p99:8.1f} {statistics.mean(side.completion):10.1f}"
-            f" {statistics.mean(side.prompt):11.1f} {side.ms_per_token():11.1f} {side.errors:7d}"
-        )
-    ratios = latency_ratios(tools, plain)
-    if ratios:
-        print("   ratio tools/plain: " + "  ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
-    escalated = escalation_reasons([c for pair in pairs for c in pair.values()])
+        print(side.row(name, args.ab_max_tokens))
+    ratios = {name: latency_ratios(sides[name], sides["plain"]) for name in AB_SIDES[:-1]}
+    for name, ratio in ratios.items():
+        print(f"   ratio {name}/plain: " + ("  ".join(f"{k} {v:.2f}" for k, v in ratio.items()) or "n/a"))
+    escalated = escalation_reasons([c for one in sets for c in one.values()])
     print(f"   escalations during the A/B: {sum(escalated.values())} {dict(escalated) or ''}")
     return ratios
 
@@ -541,9 +573,10 @@ def print_table(results: dict) -> None:
     rows.append(("  HTTP/client errors", str(v["errors"])))
     a = results["auto"]
     rows.append(("auto picks the labelled choice", f"{a['right']}/{a['answered']} = {pct(a['right'], a['answered'])}"))
-    for concurrency, ratios in results["latency"].items():
-        text = "  ".join(f"{k} {r:.2f}" for k, r in ratios.items()) or "n/a"
-        rows.append((f"tools/plain, concurrency {concurrency}", text))
+    for concurrency, by_side in results["latency"].items():
+        for side, ratios in by_side.items():
+            text = "  ".join(f"{k} {r:.2f}" for k, r in ratios.items()) or "n/a"
+            rows.append((f"{side}/plain, concurrency {concurrency}", text))
     s = results["share"]
     rows.append(("served on smol (escalation on)", f"{s['smol']}/{s['answered']} = {pct(s['smol'], s['answered'])}"))
     ratio = f"{s['cost'] / s['counterfactual']:.3f}" if s["counterfactual"] else "n/a"
@@ -560,7 +593,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--spec", type=Path, default=ROOT / "fleet.yaml", help="spec of the fleet started here")
     parser.add_argument("--calls", type=int, default=120, help="tool calls checked for validity")
     parser.add_argument("--tool-max-tokens", type=int, default=96, help="max_tokens of the validity calls")
-    parser.add_argument("--ab-prompts", type=int, default=16, help="prompts of the tools/plain latency A/B")
+    parser.add_argument("--ab-prompts", type=int, default=12, help="prompts of the tools/plain latency A/B")
     # 96, not 64: the fleet sizes every offered tool's arguments to fit max_tokens, and create_event (a nested
     # object, an array, bounded integers) needs about 78 before its shortest answer fits: below that, a 400
     parser.add_argument("--ab-max-tokens", type=int, default=96)
@@ -581,11 +614,21 @@ def run(url: str, args: argparse.Namespace) -> None:
     print(f"  {'benchmark wall time':35s}  {time.perf_counter() - started:.0f} s")
 
 
+def print_policies(spec_path: Path) -> None:
+    """The escalation policies of the spec started here, which parts 1 and 4 depend on."""
+    spec = yaml.safe_load(spec_path.read_text())
+    named = {**spec.get("models", {}), **spec.get("specialists", {})}
+    for name in ("smol", "extract", "intent"):
+        policy = named.get(name, {}).get("escalation")
+        print(f"escalation policy of {name}: {policy or 'none'}")
+
+
 def main() -> None:
     args = parse_args()
     if args.url:
         run(args.url.rstrip("/"), args)
         return
+    print_policies(args.spec)
     with default_fleet(args.spec) as url:
         run(url, args)
 

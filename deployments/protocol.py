@@ -90,6 +90,7 @@ class GenerationRequest:
     specialist_spec: SpecialistSpec | None = None
     contract: Contract | None = None
     max_tokens: int | None = None
+    schema_tokens: int | None = None  # the budget JSON schemas are bounded to (default max_tokens); see retries
     temperature: float | None = None
     top_p: float | None = None
     stop: list[str] | None = None

@@ -97,10 +97,11 @@ def build_engine_call(request: GenerationRequest, specialist: SpecialistSpec | N
     contract = request.contract or (contract_from_spec(specialist.output) if specialist else None)
     instructions = specialist.instructions if specialist else ""
     messages = with_instructions(request.messages, instructions)
+    budget = request.schema_tokens or sampling["max_tokens"]
     tools = request.tools
     if tools is None or not tools.offered():
-        return EngineCall(messages, sampling, structured_kwargs(contract, sampling["max_tokens"]))
-    tag = structural_tag(tools, sampling["max_tokens"], text_format(contract, sampling["max_tokens"]))
+        return EngineCall(messages, sampling, structured_kwargs(contract, budget))
+    tag = structural_tag(tools, budget, text_format(contract, budget))
     return EngineCall(messages, sampling, {"structural_tag": json.dumps(tag)}, tools.offered())
 
 

@@ -63,8 +63,12 @@ DIGIT_SLOWNESS = 3  # added number bounds grow one digit per three
 class SchemaBudgetError(ValueError):
     """The schema's shortest bounded answer does not fit max_tokens.
 
-    The message says how many tokens it needs and the fix.
+    The message says how many tokens it needs and the fix; ``needed`` is that number.
     """
+
+    def __init__(self, message: str, needed: int = 0) -> None:
+        super().__init__(message)
+        self.needed = needed
 
 
 class _Unbounded(Exception):
@@ -127,7 +131,8 @@ def fit_schema(schema: dict, max_tokens: int, chars_per_token: float = 1.0) -> d
     needed = math.ceil(_length(inlined, _Knobs(0, budget, True)) / chars_per_token)
     raise SchemaBudgetError(
         f"max_tokens {max_tokens} is too small for this JSON schema: its shortest bounded answer needs about "
-        f"{needed} tokens; raise max_tokens to at least {needed}"
+        f"{needed} tokens; raise max_tokens to at least {needed}",
+        needed,
     )
 
 

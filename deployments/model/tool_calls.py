@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from deployments.model.json_budget import SERVING_CHARS_PER_TOKEN, fit_schema
+from deployments.model.json_budget import SERVING_CHARS_PER_TOKEN, SchemaBudgetError, fit_schema
 from deployments.protocol import Contract, ToolCall, ToolDef, Tools
 
 CALL_OPEN = "<tool_call>"
@@ -59,7 +59,7 @@ def structural_tag(tools: Tools, max_tokens: int, text: dict[str, Any] | None) -
 
     ``text`` is the grammar format of a text answer under ``auto`` (None: free text without a call tag).
     """
-    tags = [_call_tag(tool, max_tokens) for tool in tools.offered()]
+    tags = _fitting_tags(tools, max_tokens)
     calls = {
         "type": "tags_with_separator",
         "tags": tags,
@@ -71,6 +71,25 @@ def structural_tag(tools: Tools, max_tokens: int, text: dict[str, Any] | None) -
         return {"type": "structural_tag", "format": calls}
     answer = text or {"type": "any_text", "excludes": [CALL_OPEN]}
     return {"type": "structural_tag", "format": {"type": "or", "elements": [calls, answer]}}
+
+
+def _fitting_tags(tools: Tools, max_tokens: int) -> list[dict[str, Any]]:
+    """A call tag per offered tool whose shortest call fits ``max_tokens``. A tool that cannot fit is left out (the
+    model cannot call it within the budget); when none fits, the error names what the call needs."""
+    tags, needs = [], {}
+    for tool in tools.offered():
+        try:
+            tags.append(_call_tag(tool, max_tokens))
+        except SchemaBudgetError as exc:
+            needs[tool.name] = exc.needed + call_overhead(tool.name)
+    if not tags:
+        least = min(needs.values())
+        raise SchemaBudgetError(
+            f"max_tokens {max_tokens} is too small for a call to {', '.join(needs)}: the shortest call needs about "
+            f"{least} tokens; raise max_tokens to at least {least}",
+            least,
+        )
+    return tags
 
 
 def _call_tag(tool: ToolDef, max_tokens: int) -> dict[str, Any]:

@@ -446,7 +446,7 @@ class PipelineRunner:
                 return calls
             if verdict.action == "retry":
                 retries, max_tokens = retries + 1, verdict.max_tokens or max_tokens
-                request = replace(request, request_id=f"{request.request_id}:retry{retries}", max_tokens=max_tokens)
+                request = _retry_request(request, retries, max_tokens, step.max_tokens)
                 run.event("step_retried", step.name, model=calls.model, reason=verdict.reason, max_tokens=max_tokens)
                 continue
             self._escalate(run, step, calls, verdict)
@@ -510,6 +510,17 @@ class PipelineRunner:
                 span.set_attribute("slmfleet.tool_error", outcome.error)
                 span.set_status(trace.Status(trace.StatusCode.ERROR, outcome.error))
         return outcome
+
+
+def _retry_request(request: GenerationRequest, retries: int, max_tokens: int, first_budget: int) -> GenerationRequest:
+    """A truncated call again with more room but the same schema bound: the bound assumed two characters a token
+    for ``first_budget``, so with at least twice the tokens the longest answer fits even at one a token."""
+    return replace(
+        request,
+        request_id=f"{request.request_id}:retry{retries}",
+        max_tokens=max_tokens,
+        schema_tokens=request.schema_tokens or first_budget,
+    )
 
 
 async def _streamed(

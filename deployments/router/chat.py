@@ -23,7 +23,9 @@ from deployments.protocol import GenerationError, GenerationRequest, GenerationR
 
 ModelCall = Callable[[str, GenerationRequest], Awaitable[GenerationResult]]
 DEFAULT_MAX_TOKENS = 256
-CHECK_ONLY = EscalationPolicy(to=None, retries=0)  # no policy: check the answer, never retry or escalate
+# No policy: check the answer, never escalate, and retry a cut answer once with twice the room under the same
+# schema bound, which it cannot overrun (schemas are bounded at two characters a token; see json_budget).
+CHECK_ONLY = EscalationPolicy(to=None, retries=1)
 
 
 @dataclass
@@ -103,9 +105,10 @@ class ChatCaller:
                 factor = max(2.0, target.policy.retry_max_tokens_factor)
                 outcome.result = _failed(result, verdict.reason, verdict.detail, max_tokens, factor)
                 return outcome
-            if verdict.action == "retry":
+            if verdict.action == "retry":  # more room, same schema bound (see pipeline runner's _retry_request)
+                first_budget = request.schema_tokens or max_tokens
                 retries, max_tokens = retries + 1, verdict.max_tokens or max_tokens
-                request = replace(request, max_tokens=max_tokens)
+                request = replace(request, max_tokens=max_tokens, schema_tokens=first_budget)
                 continue
             target_model = str(target.policy.to)
             outcome.escalations.append(

@@ -9,6 +9,7 @@ tool function itself ran, with arguments valid for the schema the framework sent
 """
 
 import asyncio
+import dataclasses
 from typing import Any, Literal
 
 import agents
@@ -79,11 +80,20 @@ def assert_final_text(answer: Any) -> None:
 # --- OpenAI Agents SDK ----------------------------------------------------------------------------------------
 
 
+class AnswerAfterTool(agents.AgentHooks):
+    """After a tool has run, the agent's next turn must answer in text (tool_choice "none")."""
+
+    async def on_tool_end(self, context, agent, tool, result) -> None:
+        agent.model_settings = dataclasses.replace(agent.model_settings, tool_choice="none")
+
+
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("api", ["responses", "chat_completions"])
 def test_openai_agents_sdk_runs_a_tool_then_answers(fleet, api):
-    """``ModelSettings(tool_choice="required")`` forces the first turn; ``reset_tool_choice=True`` (the default)
-    drops tool_choice once a tool has run, so the next turn (tools still offered) may answer in text."""
+    """``ModelSettings(tool_choice="required")`` forces the first turn; once the tool has run, the agent's own
+    ``on_tool_end`` hook sets tool_choice "none", so the next turn (tools still offered) answers in text. (The
+    SDK's default ``reset_tool_choice`` would hand the choice to the model under "auto"; how often a 135M model
+    then answers instead of calling again is a benchmark figure, not a gate.)"""
     agents.set_tracing_disabled(True)  # the SDK would export traces to OpenAI; there is no network
     calls: list[dict[str, Any]] = []
 
@@ -106,7 +116,8 @@ def test_openai_agents_sdk_runs_a_tool_then_answers(fleet, api):
             model=model,
             # an answer cut at max_tokens is a Response with status "incomplete", which the SDK raises on
             model_settings=agents.ModelSettings(tool_choice="required", temperature=0.0, max_tokens=256),
-            reset_tool_choice=True,
+            reset_tool_choice=False,
+            hooks=AnswerAfterTool(),
         )
         try:
             return await agents.Runner.run(agent, QUESTION, max_turns=4)

@@ -262,11 +262,18 @@ CUT_JSON = result("smol", '{"name": "Ada", "ci', finish_reason="length")
 WHOLE_JSON = '{"name": "Ada", "city": "London", "age": 36}'
 
 
-def test_json_cut_at_max_tokens_without_a_policy_asks_to_raise_max_tokens():
+def test_json_cut_at_max_tokens_without_a_policy_is_retried_once_then_asks_to_raise_max_tokens():
     backend = ScriptedBackend(smol=CUT_JSON)
     err = error(post(spec(), backend, {"model": "extract"}), 400, "bad_request", says="raise max_tokens")
-    assert "96" in err["message"]  # the extract specialist's own max_tokens
-    assert backend.models() == ["smol"]
+    assert "192" in err["message"]  # the extract specialist's own 96, doubled by the one retry
+    assert backend.models() == ["smol", "smol"]
+    assert [r.schema_tokens for _, r in backend.calls] == [None, 96]  # same bound on the retry
+
+
+def test_a_cut_answer_without_a_policy_is_answered_by_its_retry():
+    backend = ScriptedBackend(smol=[CUT_JSON, WHOLE_JSON])
+    ok(post(spec(), backend, {"model": "extract"}))
+    assert backend.models() == ["smol", "smol"]
 
 
 def test_json_cut_at_max_tokens_is_retried_on_the_same_model_with_more_tokens():
@@ -276,6 +283,9 @@ def test_json_cut_at_max_tokens_is_retried_on_the_same_model_with_more_tokens():
     assert json.loads(body["choices"][0]["message"]["content"])["city"] == "London"
     assert backend.models() == ["smol", "smol"]
     assert [r.max_tokens for _, r in backend.calls] == [None, 192]  # the specialist's 96, doubled
+    # the retry keeps the first call's schema bound (fitted at two characters a token for 96): with 192 tokens
+    # its longest answer fits even at one character a token
+    assert [r.schema_tokens for _, r in backend.calls] == [None, 96]
     assert [a["action"] for a in body["slmfleet"]["attempts"]] == ["retry", "accept"]
     assert body["slmfleet"]["escalations"] == []
 

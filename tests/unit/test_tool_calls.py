@@ -13,6 +13,7 @@ from xgrammar.testing import _is_grammar_accept_string
 
 from cluster.spec import load_spec
 from deployments.model.chat_request import build_engine_call
+from deployments.model.json_budget import SchemaBudgetError
 from deployments.model.tool_calls import ToolCallStream, split_tool_calls, structural_tag, text_format
 from deployments.model.tool_prompt import TOOLS_HEADER, render_plain, template_supports_tools
 from deployments.protocol import Contract, GenerationRequest, ToolCall, ToolDef, Tools
@@ -422,3 +423,37 @@ def test_a_developer_message_is_the_system_prompt():
     call = build_engine_call(GenerationRequest(request_id="r1", messages=messages), summarize)
     assert [m["role"] for m in call.messages] == ["system", "user"]
     assert call.messages[0]["content"] == f"{summarize.instructions}\n\nAnswer in French."
+
+
+def test_a_retry_keeps_the_first_calls_schema_bound():
+    schema = {"type": "object", "properties": {"note": {"type": "string"}}, "required": ["note"]}
+    first = build_engine_call(
+        GenerationRequest("r", [{"role": "user", "content": "x"}], contract=Contract(schema), max_tokens=40), None
+    )
+    retry = build_engine_call(
+        GenerationRequest(
+            "r", [{"role": "user", "content": "x"}], contract=Contract(schema), max_tokens=80, schema_tokens=40
+        ),
+        None,
+    )
+    assert retry.sampling["max_tokens"] == 80
+    assert retry.structured == first.structured  # the bound did not grow with the retry's room
+
+
+def test_a_tool_too_big_for_the_budget_is_left_out_and_none_fitting_names_the_clients_max_tokens():
+    small = ToolDef("ping", "", {"type": "object", "properties": {"host": {"type": "string"}}, "required": ["host"]})
+    big = ToolDef(
+        "book",
+        "",
+        {
+            "type": "object",
+            "properties": {f"field_{i}": {"type": "integer"} for i in range(12)},
+            "required": [f"field_{i}" for i in range(12)],
+        },
+    )
+    tag = structural_tag(Tools((small, big), "required"), 40, None)
+    begins = [t["begin"] for t in tag["format"]["tags"]]
+    assert len(begins) == 1 and '"ping"' in begins[0]
+    with pytest.raises(SchemaBudgetError, match=r"max_tokens 40 is too small for a call to book") as caught:
+        structural_tag(Tools((big,), "required"), 40, None)
+    assert caught.value.needed > 40
