@@ -1,4 +1,4 @@
-"""``slmfleet``: validate a fleet spec, print its placement plan, render deploy artifacts, or run it locally.
+"""``slmfleet``: validate, plan, render, run locally, or diff and apply a fleet spec against a running fleet.
 
 Each subcommand lives in its own small function; a bad spec prints its report (no traceback) and exits 2.
 """
@@ -65,6 +65,32 @@ def _cmd_up(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_diff(args: argparse.Namespace) -> int:
+    """What applying the spec to a running fleet would change: per app and deployment, live or restart, and why."""
+    from deployments import fleet_deploy
+
+    spec = load_spec(args.spec)
+    fleet_deploy.attach(args.address)
+    diff, _ = fleet_deploy.spec_diff(spec, fleet_deploy.running_details())
+    print(diff.render_text())
+    return 0
+
+
+def _cmd_apply(args: argparse.Namespace) -> int:
+    """Print the diff, then deploy the spec's rendered config to the running fleet and wait until it runs."""
+    from deployments import fleet_deploy
+
+    spec = load_spec(args.spec)
+    fleet_deploy.attach(args.address)
+    diff, desired = fleet_deploy.spec_diff(spec, fleet_deploy.running_details())
+    print(diff.render_text())
+    if diff.is_empty():
+        return 0
+    fleet_deploy.deploy_config(desired)
+    print("applied: every application is running", file=sys.stderr)
+    return 0
+
+
 def _cmd_render(args: argparse.Namespace) -> int:
     for path, text in render.render_files(args.kind, args.spec, args.output).items():
         if path is None:
@@ -105,6 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--address", default=None, help="join a running Ray cluster instead of starting one")
     up.add_argument("--metrics-port", type=int, default=None, help="Prometheus port of the local Ray's metrics")
     up.set_defaults(func=_cmd_up)
+
+    for name, func, what in (
+        ("diff", _cmd_diff, "show what applying a spec to a running fleet changes (live or restart, and why)"),
+        ("apply", _cmd_apply, "apply a spec to a running fleet: live where Serve allows, restarts only where needed"),
+    ):
+        command = sub.add_parser(name, help=what)
+        _add_spec_argument(command, positional=True)
+        command.add_argument("--address", required=True, help="the fleet's Ray address (`slmfleet up` prints it)")
+        command.set_defaults(func=func)
 
     render_cmd = sub.add_parser(
         "render", help="render deploy artifacts: a Serve config, KubeRay manifests (k8s/), or ray-cluster.yaml"

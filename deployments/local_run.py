@@ -109,11 +109,11 @@ def run_local(
 def _deploy(spec: FleetSpec, host: str, port: int) -> None:
     from ray import serve
 
-    from deployments.app import fleet_applications
+    from deployments.fleet_deploy import deploy_config, fleet_config
 
     try:
         serve.start(http_options={"host": host, "port": port})
-        serve.run_many(fleet_applications(spec))  # every model app and the router, started together
+        deploy_config(fleet_config(spec, host, port))  # declarative, like `serve deploy`: later edits apply live
     except Exception as exc:  # Serve reports a taken port as a RuntimeError from its proxy actor
         if "Failed to bind" not in str(exc):
             raise

@@ -5,8 +5,11 @@ The fleet is one Serve application per model plus the router application:
 - a model's app (``deployments.app:model_app``) is not on HTTP; its ``args`` hold only that model's settings and
   the plan's engine arguments, so editing a pipeline or a specialist leaves its engines running, and a model can
   be added, updated or deleted (``serve.delete("model-<name>")``) without touching the others;
-- the router's app (``deployments.app:router_app``, route ``/``) carries the whole spec inline, so a cluster needs
-  no spec file; it finds the models by app name.
+- the router's app (``deployments.app:router_app``, route ``/``) gets the whole spec inline as its deployment's
+  ``user_config``, so a cluster needs no spec file, and editing a specialist, pipeline, price or policy reaches the
+  running router replicas through ``reconfigure()``, with no restart; it finds the models by app name;
+- a model app's ``args`` hold only what its engine needs (:data:`ENGINE_FIELDS`); its bounds, autoscaling, price
+  and policy live in deployment options or the router's config, so editing them restarts no engine.
 
 Each app's ``deployments`` entry holds the plan's options (GPU share, pool resource, placement group,
 autoscaling, queue bounds): Serve applies config options over the code's, so what runs is what this file says,
@@ -43,13 +46,15 @@ _DEPLOYMENT_KEYS = (
     "autoscaling_config",
     "max_ongoing_requests",
     "max_queued_requests",
+    "user_config",
     "health_check_period_s",
     "health_check_timeout_s",
 )
 
 
-# Model fields only the router reads: kept out of the model app's args so editing them never restarts an engine.
-ROUTER_ONLY_MODEL_FIELDS = {"escalation"}
+# The model fields its engine is built from: the only ones in a model app's args (Serve restarts an app's replicas
+# when its args change, so a price, a queue bound, autoscaling or a policy must not be there).
+ENGINE_FIELDS = {"source", "max_model_len", "concurrent_seqs", "dtype", "tensor_parallel", "engine"}
 
 
 def spec_mapping(spec: FleetSpec) -> dict[str, Any]:
@@ -68,13 +73,18 @@ def model_deployment(plan: Plan, spec: FleetSpec, model: str) -> dict[str, Any]:
     return {key: options[key] for key in _DEPLOYMENT_KEYS if key in options}
 
 
-def router_deployment(spec: FleetSpec) -> dict[str, Any]:
-    """The HTTP ingress: bounded by the spec's server limits, half a CPU, no GPU, no pool (it may land anywhere)."""
+def router_deployment(spec: FleetSpec, replica_per_hour: dict[str, float] | None = None) -> dict[str, Any]:
+    """The HTTP ingress: bounded by the spec's server limits, half a CPU, no GPU, no pool (it may land anywhere).
+
+    Its ``user_config`` is the spec and what one replica of each GPU-placed model costs per hour (prices the spec
+    does not declare are derived from it and measured throughput): a change reaches running replicas live.
+    """
     return {
         "name": ROUTER_DEPLOYMENT,
         "ray_actor_options": {"num_cpus": ROUTER_NUM_CPUS},
         "max_ongoing_requests": spec.server.max_ongoing_requests,
         "max_queued_requests": spec.server.max_queued_requests,
+        "user_config": {"spec": spec_mapping(spec), "replica_per_hour": replica_per_hour or {}},
     }
 
 
@@ -86,7 +96,7 @@ def model_application(plan: Plan, spec: FleetSpec, model: str) -> dict[str, Any]
         "import_path": MODEL_IMPORT_PATH,
         "args": {
             "model": model,
-            "spec": spec.models[model].model_dump(mode="json", exclude_unset=True, exclude=ROUTER_ONLY_MODEL_FIELDS),
+            "spec": spec.models[model].model_dump(mode="json", exclude_unset=True, include=ENGINE_FIELDS),
             "engine": engine_overrides(plan, model),
         },
         "deployments": [model_deployment(plan, spec, model)],
@@ -94,14 +104,14 @@ def model_application(plan: Plan, spec: FleetSpec, model: str) -> dict[str, Any]
 
 
 def router_application(plan: Plan, spec: FleetSpec) -> dict[str, Any]:
-    """The router's app on route ``/``, with the whole spec inline and what one replica of each GPU-placed model
-    costs per hour (prices the spec does not declare are derived from it and measured throughput)."""
+    """The router's app on route ``/``: no args (code and args unchanged, so Serve never restarts it for a spec
+    edit); the spec is its deployment's ``user_config``."""
     return {
         "name": APP_NAME,
         "route_prefix": "/",
         "import_path": ROUTER_IMPORT_PATH,
-        "args": {"spec": spec_mapping(spec), "replica_per_hour": replica_hourly_prices(spec, plan)},
-        "deployments": [router_deployment(spec)],
+        "args": {},
+        "deployments": [router_deployment(spec, replica_hourly_prices(spec, plan))],
     }
 
 

@@ -11,7 +11,8 @@ import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Any
 
 from fastapi import FastAPI
 from ray import serve
@@ -21,7 +22,7 @@ from ray.serve.handle import DeploymentHandle
 
 from cluster.cost import PriceBook, llm_reference_model
 from cluster.render.common import model_deployment_name
-from cluster.spec import FleetSpec, SpecialistSpec
+from cluster.spec import FleetSpec, SpecialistSpec, parse_spec
 from deployments.observability.metrics import FleetMetrics
 from deployments.observability.telemetry import configure_tracing, current_context_carrier
 from deployments.pipeline.routes import CURRENT_PIPELINE
@@ -139,28 +140,79 @@ def model_handles(spec: FleetSpec) -> dict[str, DeploymentHandle]:
     }
 
 
+class SwappableApp:
+    """An ASGI app that forwards to the router's current FastAPI app, replaced whole by each reconfigure.
+
+    Requests already in flight finish on the app they started with; new ones see the new spec at once.
+    """
+
+    def __init__(self) -> None:
+        self.current: FastAPI | None = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":  # nothing to start or stop: the apps hold no resources of their own
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if self.current is None:
+            raise RuntimeError("the router has no spec yet (its user_config was never applied)")
+        await self.current(scope, receive, send)
+
+
+@dataclass
+class RouterState:
+    """Everything the routes use, built from one spec: swapped whole, never edited in place."""
+
+    spec: FleetSpec
+    prices: PriceBook
+    backend: ServeBackend
+    runner: PipelineRunner
+    api_keys: frozenset[str]
+
+
+def router_state(config: dict[str, Any], metrics: FleetMetrics) -> RouterState:
+    """The router's state from its ``user_config`` (``{spec, replica_per_hour}``); a bad spec raises SpecError."""
+    spec = parse_spec(config.get("spec"), "<router user_config: spec>")
+    hourly = {name: float(price) for name, price in (config.get("replica_per_hour") or {}).items()}
+    prices = PriceBook.from_spec(spec, replica_per_hour=hourly)
+    metrics.prices, metrics.llm_model = prices, llm_reference_model(spec)
+    backend = ServeBackend(model_handles(spec), dict(spec.specialists), metrics)
+    runner = PipelineRunner(
+        spec,
+        backend.complete,
+        ToolRegistry.from_spec(spec),
+        prices=prices,
+        on_finished=metrics.record_run,
+        stream_model=backend.stream,
+    )
+    api_keys = api_keys_from_env(spec)
+    if spec.server.api_keys_env and not api_keys:
+        raise RuntimeError(f"server.api_keys_env names {spec.server.api_keys_env}, which holds no keys")
+    return RouterState(spec, prices, backend, runner, api_keys)
+
+
 @serve.ingress()
 class Router:
-    """HTTP ingress; the FastAPI app is built per replica from the spec and the model handles."""
+    """HTTP ingress. Its spec arrives as Serve's ``user_config`` and every change of it goes through
+    :meth:`reconfigure`: specialists, pipelines, prices and policies change with no replica restart."""
 
-    def __init__(self, spec: FleetSpec, replica_per_hour: dict[str, float] | None = None) -> None:
+    def __init__(self) -> None:
         configure_tracing("slmfleet-router")
-        self.spec = spec
-        self.prices = prices = PriceBook.from_spec(spec, replica_per_hour=replica_per_hour)
-        self.metrics = FleetMetrics(prices, llm_reference_model(spec))
-        self.backend = ServeBackend(model_handles(spec), dict(spec.specialists), self.metrics)
-        tools = ToolRegistry.from_spec(spec)
-        self.runner = PipelineRunner(
-            spec,
-            self.backend.complete,
-            tools,
-            prices=prices,
-            on_finished=self.metrics.record_run,
-            stream_model=self.backend.stream,
-        )
-        self.api_keys = api_keys_from_env(spec)
-        if spec.server.api_keys_env and not self.api_keys:
-            raise RuntimeError(f"server.api_keys_env names {spec.server.api_keys_env}, which holds no keys")
+        self.swappable = SwappableApp()  # not `app`: the ingress wrapper owns that name
+        self.metrics = FleetMetrics(PriceBook({}), None)  # one set of counters for the replica's life
+        self.state: RouterState | None = None
 
-    def __serve_build_asgi_app__(self) -> FastAPI:
-        return build_api(self.spec, self.backend, self.api_keys, self.runner, self.prices)
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """Called by Serve at start and whenever the deployment's user_config changes."""
+        state = router_state(config, self.metrics)
+        self.swappable.current = build_api(state.spec, state.backend, state.api_keys, state.runner, state.prices)
+        self.state = state
+        log.info("router reconfigured: %d models, %d specialists, %d pipelines", *_sizes(state.spec))
+
+    def __serve_build_asgi_app__(self) -> SwappableApp:
+        return self.swappable
+
+
+def _sizes(spec: FleetSpec) -> tuple[int, int, int]:
+    return len(spec.models), len(spec.specialists), len(spec.pipelines)

@@ -3,8 +3,9 @@
 ``serve run`` starts a fresh local Ray of its own (``--address local``, its files under a private RAY_TMPDIR, so it
 neither joins nor disturbs another Ray on this machine) with 8 logical CPUs declared (the machine has 2 cores; an
 ingress left unscheduled is the failure mode of too few). The config holds one app per model and the router's
-app, which gets the spec only from its inline ``args.spec``: no spec file is read. The default fleet's two real
-vLLM engines (SmolLM2 on the CPU, ~3 GB each) run, and the whole process group is stopped when the test ends.
+app, which gets the spec only from its deployment's inline ``user_config``: no spec file is read. The default
+fleet's two real vLLM engines (SmolLM2 on the CPU, ~3 GB each) run, and the whole process group is stopped when
+the test ends.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def chat(url: str, payload: dict, log: Path, proc: subprocess.Popen) -> httpx.Re
 def test_rendered_serve_config_deploys_and_answers(served_fleet) -> None:
     url, config, log, proc = served_fleet
     (router,) = [app for app in config["applications"] if app["route_prefix"] == "/"]
-    intent = router["args"]["spec"]["specialists"]["intent"]
+    intent = router["deployments"][0]["user_config"]["spec"]["specialists"]["intent"]
     payload = {"model": "intent", "messages": [{"role": "user", "content": "I want my money back for this order."}]}
     response = chat(url, payload, log, proc)
     answer = response.json()["choices"][0]["message"]["content"].strip()

@@ -28,8 +28,8 @@ from cluster.cost import replica_hourly_prices
 from cluster.deploy_options import deployment_options, engine_overrides, node_resources, pool_resource
 from cluster.placement import plan_from_store
 from cluster.render import rayservice as rs
+from cluster.render.serve_config import ENGINE_FIELDS
 from cluster.spec import ModelSpec, load_spec, parse_spec
-from cluster.spec_errors import SpecError
 
 REPO = Path(__file__).resolve().parents[2]
 CRDS = REPO / ".." / "shared" / "kuberay-crds"
@@ -121,22 +121,45 @@ def test_serve_config_parses_with_ray_serves_own_schema(production) -> None:
         assert [d.name for d in app.deployments] == [name]
 
 
-def test_router_app_carries_the_spec_inline_and_it_round_trips(production) -> None:
+def test_router_gets_the_spec_as_its_user_config_and_it_round_trips(production) -> None:
+    """The spec lives in the router deployment's user_config (applied live by reconfigure), not in its args."""
     spec, plan = production
-    args = serve_apps(spec, plan)["slmfleet"]["args"]
-    assert set(args) == {"spec", "replica_per_hour"}
-    assert parse_spec(args["spec"]) == spec
-    assert args["replica_per_hour"] == replica_hourly_prices(spec, plan) != {}
+    router = serve_apps(spec, plan)["slmfleet"]
+    assert router["args"] == {}
+    (deployment,) = router["deployments"]
+    config = deployment["user_config"]
+    assert parse_spec(config["spec"]) == spec
+    assert config["replica_per_hour"] == replica_hourly_prices(spec, plan) != {}
 
 
-def test_model_apps_carry_only_their_model_and_the_plans_engine_arguments(production) -> None:
+def test_model_apps_carry_only_their_engines_settings_and_the_plans_engine_arguments(production) -> None:
     spec, plan = production
     apps = serve_apps(spec, plan)
     for model in spec.models:
         args = apps[f"model-{model}"]["args"]
         assert args["model"] == model
-        assert ModelSpec.model_validate(args["spec"]) == spec.models[model]
+        assert set(args["spec"]) <= ENGINE_FIELDS and "source" in args["spec"]
+        engine_view = ModelSpec.model_validate(args["spec"])
+        for field in ENGINE_FIELDS:
+            assert getattr(engine_view, field) == getattr(spec.models[model], field)
         assert args["engine"] == engine_overrides(plan, model)
+
+
+def test_editing_a_models_price_bounds_autoscaling_or_policy_leaves_its_app_args_unchanged(production) -> None:
+    """Those are deployment options or the router's config: Serve applies them without restarting the engine."""
+    spec, plan = production
+    raw = yaml.safe_load((REPO / PRODUCTION).read_text())
+    name = "qwen2-5-0-5b"
+    raw["models"][name].update(
+        price_per_1k_tokens=0.5,
+        max_queued_requests=7,
+        autoscaling={"min_replicas": 1, "max_replicas": raw["models"][name]["autoscaling"]["max_replicas"]},
+        escalation={"to": "llama-3-3-70b"},
+    )
+    edited = parse_spec(raw)
+    before, after = serve_apps(spec, plan), serve_apps(edited, plan_from_store(edited))
+    assert before[f"model-{name}"]["args"] == after[f"model-{name}"]["args"]
+    assert before[f"model-{name}"]["deployments"] != after[f"model-{name}"]["deployments"]  # the queue bound
 
 
 def test_editing_pipelines_and_specialists_leaves_every_model_app_unchanged(production) -> None:
@@ -167,24 +190,6 @@ def test_serve_config_deployments_carry_the_plan_options(production) -> None:
     assert deployments["router"]["max_ongoing_requests"] == spec.server.max_ongoing_requests
 
 
-def test_slmfleet_up_deploys_the_apps_of_the_rendered_config(production) -> None:
-    """`cluster` may not import `deployments`; the app builder reads the renderer's data, so both deploy alike."""
-    from deployments.app import fleet_applications
-
-    spec, plan = production
-    apps = serve_apps(spec, plan)
-    targets = fleet_applications(spec, plan)
-    assert [t.name for t in targets] == list(apps)
-    for target in targets:
-        app = apps[target.name]
-        (entry,) = app["deployments"]
-        deployment = target.target._bound_deployment
-        assert target.route_prefix == app["route_prefix"]
-        assert deployment.name == entry["name"]
-        assert deployment.ray_actor_options == entry["ray_actor_options"]
-        assert deployment.max_ongoing_requests == entry["max_ongoing_requests"]
-
-
 def test_app_builders_take_the_configs_args(production) -> None:
     from deployments.app import model_app, router_app
 
@@ -192,11 +197,13 @@ def test_app_builders_take_the_configs_args(production) -> None:
     apps = serve_apps(spec, plan)
     router = router_app(apps["slmfleet"]["args"])._bound_deployment
     assert router.name == "router"
-    assert router.init_args == (spec, replica_hourly_prices(spec, plan))
+    assert router.init_args == ()  # the spec arrives as user_config, through reconfigure
     model = model_app(apps["model-qwen2-5-0-5b"]["args"])._bound_deployment
     assert model.name == "model-qwen2-5-0-5b"
-    assert model.init_args == ("qwen2-5-0-5b", spec.models["qwen2-5-0-5b"], engine_overrides(plan, "qwen2-5-0-5b"))
-    with pytest.raises(SpecError, match=r"args\.spec"):
+    name, engine_view, overrides = model.init_args
+    assert (name, overrides) == ("qwen2-5-0-5b", engine_overrides(plan, "qwen2-5-0-5b"))
+    assert all(getattr(engine_view, f) == getattr(spec.models[name], f) for f in ENGINE_FIELDS)
+    with pytest.raises(ValueError, match="takes no args"):
         router_app({"spec": {"models": {}}})
 
 
@@ -436,7 +443,7 @@ def test_cli_writes_k8s_directory_and_serve_file(tmp_path, monkeypatch, capsys) 
     assert main(["render", "serve", "fleet.yaml"]) == 0
     stdout = capsys.readouterr().out
     router = yaml.safe_load(stdout)["applications"][-1]
-    assert router["args"]["spec"]["models"]["smol"]
+    assert router["deployments"][0]["user_config"]["spec"]["models"]["smol"]
 
 
 def test_cli_bad_spec_exits_2(tmp_path, capsys) -> None:
