@@ -16,7 +16,7 @@ from typing import Any, Literal
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from deployments.protocol import Contract, GenerationError, GenerationRequest, GenerationResult, ToolDef, Tools
+from deployments.protocol import Contract, GenerationRequest, GenerationResult, ToolDef, Tools
 
 STATUS_BY_KIND = {
     "bad_request": 400,
@@ -330,10 +330,6 @@ def validation_error_body(errors: Any) -> dict[str, Any]:
     where = f" at '{param}'" if param else ""
     message = str(first.get("msg", "")).removeprefix("Value error, ")
     return error_body(f"Invalid request{where}: {message}", "invalid_request_error", "invalid_request", param)
-
-
-def generation_error_response(error: GenerationError) -> JSONResponse:
-    return error_response(STATUS_BY_KIND.get(error.kind, 500), error.message, code=error.kind)
 
 
 def usage(*results: GenerationResult) -> dict[str, int]:
