@@ -2,7 +2,8 @@
 
 Ray prefixes every name with ``ray_``: ``ray_slmfleet_tokens_total{model,specialist,pipeline,direction}``,
 ``ray_slmfleet_cost_total`` and ``ray_slmfleet_llm_counterfactual_cost_total`` (same tags),
-``ray_slmfleet_pipeline_runs_total{pipeline,status}``, ``ray_slmfleet_escalations_total{pipeline,step,reason}``.
+``ray_slmfleet_pipeline_runs_total{pipeline,status}``, ``ray_slmfleet_escalations_total{pipeline,step,reason}``
+(a chat call's escalation counts with an empty pipeline and the specialist or model it named as the step).
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ class FleetMetrics:
             self.cost.inc(cost, tags)
         if self.llm_model and (llm_cost := self.prices.cost(self.llm_model, total)) is not None:
             self.counterfactual.inc(llm_cost, tags)
+
+    def record_chat_escalation(self, name: str, reason: str) -> None:
+        self.escalations.inc(1, {"pipeline": "", "step": name, "reason": reason})
 
     def record_run(self, result: PipelineResult) -> None:
         self.runs.inc(1, {"pipeline": result.pipeline, "status": result.status})

@@ -42,10 +42,13 @@ def build_api(
     api_keys: frozenset[str] = frozenset(),
     runner: PipelineRunner | None = None,
     prices: PriceBook | None = None,
+    *,
+    on_escalation: Callable[[str, str], None] | None = None,
 ) -> FastAPI:
     """The OpenAI-compatible app: chat completions, pipelines, model list, health; API keys enforced when given.
 
-    ``prices`` is the router's live book (declared prices, or derived ones that follow measured throughput).
+    ``prices`` is the router's live book (declared prices, or derived ones that follow measured throughput);
+    ``on_escalation(name, reason)`` sees each chat call's escalation (the router's metrics count them).
     """
     prices = prices or PriceBook.from_spec(spec)
     llm = llm_reference_model(spec)  # the counterfactual's model, fixed for the app's life
@@ -67,7 +70,7 @@ def build_api(
     async def list_models() -> dict[str, Any]:
         return {"object": "list", "data": model_cards(spec)}
 
-    chat = ChatEndpoint(spec, backend, prices, llm, runner)
+    chat = ChatEndpoint(spec, backend, prices, llm, runner, on_escalation=on_escalation)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest) -> Response:

@@ -68,8 +68,17 @@ def chat_target(spec: FleetSpec, model: str, specialist: str | None) -> ChatTarg
 class ChatCaller:
     """Runs chat calls under their policy over a model caller (the router's Serve backend, or a fake in tests)."""
 
-    def __init__(self, spec: FleetSpec, call: ModelCall, prices: PriceBook, timeout_s: float) -> None:
+    def __init__(
+        self,
+        spec: FleetSpec,
+        call: ModelCall,
+        prices: PriceBook,
+        timeout_s: float,
+        on_escalation: Callable[[str, str], None] | None = None,
+    ) -> None:
+        """``on_escalation(served_name, reason)`` sees every escalation (the router counts them in its metrics)."""
         self.spec, self.call, self.prices, self.timeout_s = spec, call, prices, timeout_s
+        self.on_escalation = on_escalation
 
     def contract(self, target: ChatTarget, request: GenerationRequest) -> Any:
         """The output contract a call is judged by: the request's response format, else its specialist's."""
@@ -114,6 +123,8 @@ class ChatCaller:
             outcome.escalations.append(
                 {"from_model": model, "to_model": target_model, "reason": verdict.reason, "detail": verdict.detail}
             )
+            if self.on_escalation is not None:
+                self.on_escalation(target.specialist or target.model, str(verdict.reason))
             model, can_escalate, retries = target_model, False, 0
 
     async def _call(self, model: str, request: GenerationRequest) -> GenerationResult:

@@ -7,7 +7,7 @@ it hands a chat-completions body to :meth:`ChatEndpoint.complete` / :meth:`ChatE
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 from pydantic import ValidationError
@@ -17,7 +17,7 @@ from cluster.spec import FleetSpec
 from deployments.pipeline.routes import PIPELINE_PREFIX, pipeline_chat, pipeline_chunks
 from deployments.pipeline.runner import PipelineRunner
 from deployments.protocol import GenerationError, GenerationRequest, GenerationResult, StreamDelta
-from deployments.router.chat import ChatCaller, ChatOutcome, chat_target, needs_whole_answer, replay
+from deployments.router.chat import ChatCaller, ChatOutcome, ChatTarget, chat_target, needs_whole_answer, replay
 from deployments.router.openai_api import (
     STATUS_BY_KIND,
     ChatCompletionRequest,
@@ -67,9 +67,12 @@ class ChatEndpoint:
         prices: PriceBook,
         llm: str | None,
         runner: PipelineRunner | None = None,
+        *,
+        on_escalation: Callable[[str, str], None] | None = None,
     ) -> None:
         self.spec, self.backend, self.llm, self.runner = spec, backend, llm, runner
-        self.caller = ChatCaller(spec, backend.complete, prices, spec.server.request_timeout_s)
+        timeout_s = spec.server.request_timeout_s
+        self.caller = ChatCaller(spec, backend.complete, prices, timeout_s, on_escalation)
 
     @staticmethod
     def parse(data: dict[str, Any]) -> ChatCompletionRequest | Answer:
@@ -77,6 +80,11 @@ class ChatEndpoint:
             return ChatCompletionRequest.model_validate(data)
         except ValidationError as exc:
             return 400, validation_error_body(exc.errors())
+
+    def _target(self, body: ChatCompletionRequest) -> ChatTarget | Answer:
+        """The model or specialist the request names, with its policy; a 404 when nothing has that name."""
+        target = resolve_target(self.spec, body.model)
+        return self._unknown(body.model) if target is None else chat_target(self.spec, *target)
 
     def _unknown(self, name: str) -> Answer:
         known = ", ".join(self.spec.served_names())
@@ -87,10 +95,9 @@ class ChatEndpoint:
         """A whole answer: ``n`` choices, each judged by its policy (retried or escalated), or an error."""
         if body.model.startswith(PIPELINE_PREFIX):
             return await pipeline_chat(body, self.runner)
-        target = resolve_target(self.spec, body.model)
-        if target is None:
-            return self._unknown(body.model)
-        chat = chat_target(self.spec, *target)
+        chat = self._target(body)
+        if isinstance(chat, tuple):
+            return chat
         requests = [body.to_generation(chat.specialist, i) for i in range(body.n)]
         outcomes = await asyncio.gather(*(self.caller.answer(chat, r) for r in requests))
         failed = next((o for o in outcomes if o.error is not None), None)
@@ -117,10 +124,9 @@ class ChatEndpoint:
         """
         if body.model.startswith(PIPELINE_PREFIX):
             return await pipeline_chunks(body, self.runner)
-        target = resolve_target(self.spec, body.model)
-        if target is None:
-            return self._unknown(body.model)
-        chat = chat_target(self.spec, *target)
+        chat = self._target(body)
+        if isinstance(chat, tuple):
+            return chat
         request = body.to_generation(chat.specialist)
         report: dict[str, Any] | None = None
         whole = needs_whole_answer(chat, request, self.caller.contract(chat, request))

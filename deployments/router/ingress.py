@@ -206,7 +206,14 @@ class Router:
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Called by Serve at start and whenever the deployment's user_config changes."""
         state = router_state(config, self.metrics)
-        self.swappable.current = build_api(state.spec, state.backend, state.api_keys, state.runner, state.prices)
+        self.swappable.current = build_api(
+            state.spec,
+            state.backend,
+            state.api_keys,
+            state.runner,
+            state.prices,
+            on_escalation=self.metrics.record_chat_escalation,
+        )
         self.state = state
         log.info("router reconfigured: %d models, %d specialists, %d pipelines", *_sizes(state.spec))
 

@@ -419,3 +419,14 @@ def test_a_failed_pipeline_step_escalates_under_the_pipelines_policy():
     body = ok(post(fleet, backend, {"model": "pipeline:support-triage"}, pipelines=True))
     assert body["choices"][0]["message"]["content"] == "other"
     assert set(backend.models()) == {"smol", "big"}
+
+
+def test_each_chat_escalation_is_reported_to_the_routers_metrics_hook():
+    backend = ScriptedBackend(smol="banana", big="refund")
+    seen = []
+    app = build_api(spec(specialists={"intent": {"to": "big"}}), backend, on_escalation=lambda *e: seen.append(e))
+    resp = TestClient(app, raise_server_exceptions=False).post(
+        "/v1/chat/completions", json={"model": "intent", "messages": [{"role": "user", "content": "refund please"}]}
+    )
+    assert resp.status_code == 200, resp.text
+    assert seen == [("intent", "contract")]
