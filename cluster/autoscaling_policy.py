@@ -13,7 +13,7 @@ applied), wakes a deployment at zero without calling the policy at all, and clip
 the pure function zero delays: the delays live in the Serve config, where they apply once.
 
 Nothing here imports Ray: the module is imported by the planner, and cloudpickled by value into the Serve
-controller from its import path (``POLICY_CLASS``), where it must carry no heavy dependency.
+controller from its import path (:data:`POLICY_FUNCTION`), where it must carry no heavy dependency.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 POLICY_FUNCTION = "cluster.autoscaling_policy:serve_policy"
-"""Import path of the plain policy function (no per-model objective except the one replicas report)."""
-POLICY_CLASS = "cluster.autoscaling_policy:ModelAutoscalingPolicy"
-"""Import path of the policy class; Serve passes ``policy_kwargs`` to its constructor once per config."""
+"""Import path of the policy in a Serve config. A function, not a class with ``policy_kwargs``: the policy is part of
+a deployment's code version, so kwargs that change (a model's objective) would restart its engines. The objective
+reaches the policy as a custom metric instead, from the replicas' live ``user_config``."""
 
 WAIT_METRIC = "queue_wait_p90_s"
 """Custom metric a replica may return from ``record_autoscaling_stats()``: its recent queue wait or TTFT p90."""
@@ -246,32 +246,16 @@ def signals_from_context(
 def serve_policy(ctx: Any) -> tuple[int, dict[str, Any]]:
     """Serve 2.60 custom autoscaling policy: ``policy_function: "cluster.autoscaling_policy:serve_policy"``.
 
-    The latency objective, if any, comes from the replicas' ``latency_objective_s`` custom metric.
+    The latency objective comes from the replicas' ``latency_objective_s`` custom metric (the model's
+    ``user_config``), so editing it is live; the reason goes into the policy state Serve hands back next tick.
     """
-    return _serve_decision(ctx, None, WAIT_METRIC)
+    decision = decide_replicas(signals_from_context(ctx))
+    return decision.replicas, {STATE_REASON_KEY: decision.reason}
 
 
-class ModelAutoscalingPolicy:
-    """Serve 2.60 policy class: Serve builds it once with ``policy_kwargs`` and calls it every control-loop tick.
-
-    The class form exists so a rendered config can give each model its own objective through ``policy_kwargs``.
-    """
-
-    def __init__(self, latency_objective_s: float | None = None, wait_metric: str = WAIT_METRIC) -> None:
-        """Keep the model's objective (seconds) and the custom metric its replicas report their wait under."""
-        if latency_objective_s is not None and latency_objective_s <= 0:
-            raise ValueError(f"latency_objective_s must be > 0, got {latency_objective_s!r}")
-        self.latency_objective_s = latency_objective_s
-        self.wait_metric = wait_metric
-
-    def __call__(self, ctx: Any) -> tuple[int, dict[str, Any]]:
-        """One decision from Serve's context: ``(replicas, policy_state)``."""
-        return _serve_decision(ctx, self.latency_objective_s, self.wait_metric)
-
-
-def policy_config(latency_objective_s: float | None = None) -> dict[str, Any]:
+def policy_config() -> dict[str, Any]:
     """The ``autoscaling_config.policy`` entry that names this policy in a Serve config or deployment options."""
-    return {"policy_function": POLICY_CLASS, "policy_kwargs": {"latency_objective_s": latency_objective_s}}
+    return {"policy_function": POLICY_FUNCTION}
 
 
 def serve_autoscaling_config(
@@ -279,10 +263,9 @@ def serve_autoscaling_config(
     min_replicas: int,
     max_replicas: int,
     target_ongoing_requests: float,
-    latency_objective_s: float | None = None,
-    upscale_delay_s: float = 15.0,
-    downscale_delay_s: float = 300.0,
-    idle_delay_s: float = 600.0,
+    upscale_delay_s: float = 10.0,
+    downscale_delay_s: float = 120.0,
+    idle_delay_s: float = 300.0,
 ) -> dict[str, Any]:
     """A model deployment's whole ``autoscaling_config`` with this policy; Serve applies the delays to it.
 
@@ -296,14 +279,8 @@ def serve_autoscaling_config(
         "upscale_delay_s": upscale_delay_s,
         "downscale_delay_s": downscale_delay_s,
         "downscale_to_zero_delay_s": idle_delay_s,
-        "policy": policy_config(latency_objective_s),
+        "policy": policy_config(),
     }
-
-
-def _serve_decision(ctx: Any, latency_objective_s: float | None, wait_metric: str) -> tuple[int, dict[str, Any]]:
-    """Decide from the context; the reason goes into the policy state Serve hands back next tick."""
-    decision = decide_replicas(signals_from_context(ctx, latency_objective_s, wait_metric))
-    return decision.replicas, {STATE_REASON_KEY: decision.reason}
 
 
 def _number(value: Any) -> float:

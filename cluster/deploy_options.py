@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from cluster.autoscaling_policy import serve_autoscaling_config
 from cluster.placement import Plan
-from cluster.spec import FleetSpec, ModelSpec
+from cluster.spec import FleetSpec, ModelSpec, ServerSpec, is_loopback
 
 POOL_RESOURCE_PREFIX = "slmfleet-pool-"
 POOL_RESOURCE_AMOUNT = 10_000  # a node may host up to this many replicas; GPUs are the real limit
@@ -45,6 +46,7 @@ def deployment_options(plan: Plan, spec: FleetSpec, model_name: str) -> dict[str
         "autoscaling_config": autoscaling_config(model),
         "max_ongoing_requests": model.concurrent_seqs * ONGOING_PER_SEQ,
         "max_queued_requests": model.max_queued_requests,
+        "user_config": model_user_config(model),
     }
     pool_res = {} if placement.pool not in spec.pools else {pool_resource(placement.pool): REPLICA_POOL_UNITS}
     if pool_res:
@@ -73,13 +75,46 @@ def _bundles(tensor_parallel: int, pool_res: dict[str, int]) -> list[dict[str, f
 
 
 def autoscaling_config(model: ModelSpec) -> dict[str, Any]:
-    """Serve's autoscaling bounds; the plan reserves room for ``max_replicas``, so scaling up always fits."""
+    """Serve's autoscaling for one model under this project's policy (:mod:`cluster.autoscaling_policy`).
+
+    The plan reserves room for ``max_replicas``, so scaling up always fits; Serve applies the delays.
+    """
     scaling = model.autoscaling
+    return serve_autoscaling_config(
+        min_replicas=scaling.min_replicas,
+        max_replicas=scaling.max_replicas,
+        target_ongoing_requests=scaling.target_ongoing_requests,
+        upscale_delay_s=scaling.upscale_delay_s,
+        downscale_delay_s=scaling.downscale_delay_s,
+        idle_delay_s=scaling.idle_delay_s,
+    )
+
+
+def model_user_config(model: ModelSpec) -> dict[str, Any]:
+    """What a model replica takes live (``reconfigure()``): its latency objective, which it reports to the policy."""
+    return {"latency_objective_s": model.latency_objective_s}
+
+
+LOCAL_ROUTER_REPLICAS = (1, 1)
+EXPOSED_ROUTER_REPLICAS = (2, 8)
+
+
+def router_replica_bounds(server: ServerSpec) -> tuple[int, int]:
+    """(min, max) router replicas: the spec's, else one on loopback and two to eight when exposed."""
+    default_low, default_high = LOCAL_ROUTER_REPLICAS if is_loopback(server.host) else EXPOSED_ROUTER_REPLICAS
+    given_low, given_high = server.router.min_replicas, server.router.max_replicas
+    low = given_low or min(default_low, given_high or default_low)
+    return low, given_high or max(default_high, low)
+
+
+def router_autoscaling_config(server: ServerSpec) -> dict[str, Any]:
+    """The router's autoscaling: Serve's default policy on ongoing requests (a router replica only waits on models)."""
+    low, high = router_replica_bounds(server)
     return {
-        "min_replicas": scaling.min_replicas,
-        "initial_replicas": scaling.min_replicas,
-        "max_replicas": scaling.max_replicas,
-        "target_ongoing_requests": scaling.target_ongoing_requests,
+        "min_replicas": low,
+        "initial_replicas": low,
+        "max_replicas": high,
+        "target_ongoing_requests": server.router.target_ongoing_requests,
     }
 
 

@@ -8,6 +8,7 @@ such as ``models.smol.max_model_len``. Loading goes through :func:`load_spec`, w
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -32,9 +33,12 @@ class StrictModel(BaseModel):
 class AutoscalingSpec(StrictModel):
     """Replica bounds and the load each replica should carry; Ray Serve scales between the bounds."""
 
-    min_replicas: int = Field(1, ge=0)
+    min_replicas: int = Field(1, ge=0, description="0 lets the model scale to zero after idle_delay_s")
     max_replicas: int = Field(1, ge=1)
     target_ongoing_requests: float = Field(4.0, gt=0)
+    upscale_delay_s: float = Field(10.0, ge=0, description="how long a step up must be wanted before it happens")
+    downscale_delay_s: float = Field(120.0, ge=0, description="how long a step down must be wanted")
+    idle_delay_s: float = Field(300.0, ge=0, description="idle time at one replica before a min_replicas: 0 model goes")
 
     @model_validator(mode="after")
     def _bounds_ordered(self) -> AutoscalingSpec:
@@ -78,6 +82,12 @@ class ModelSpec(StrictModel):
     )
     price_per_1k_tokens: float | None = Field(
         None, ge=0, description="declared price; else derived from the pool's GPU-hour price (cluster/cost.py)"
+    )
+    latency_objective_s: float | None = Field(
+        None,
+        gt=0,
+        description="how long a request may wait at this model for a place in its engine's batch; autoscaling adds "
+        "replicas when the measured wait (p90) is above it. Unset: scale on load alone",
     )
     autoscaling: AutoscalingSpec = AutoscalingSpec()
     engine: EngineSpec = EngineSpec()
@@ -168,6 +178,28 @@ class PoolSpec(StrictModel):
         return self
 
 
+class RouterReplicasSpec(StrictModel):
+    """How many router replicas run; Serve's default policy scales them on ongoing requests.
+
+    Left empty, the bounds follow the exposure: one replica on loopback (a laptop), two to eight when the router binds
+    beyond it (a cluster: one replica is a single point of failure). Router replicas share their state through the
+    fleet's state actor (``deployments/fleet_state.py``), so any number of them agree.
+    """
+
+    min_replicas: int | None = Field(None, ge=1, description="default: 1 on loopback, 2 when exposed")
+    max_replicas: int | None = Field(None, ge=1, description="default: min_replicas on loopback, 8 when exposed")
+    target_ongoing_requests: float = Field(64.0, gt=0, description="requests per router replica before another")
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> RouterReplicasSpec:
+        if self.min_replicas is not None and self.max_replicas is not None and self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas}); "
+                "make max_replicas at least min_replicas"
+            )
+        return self
+
+
 class ServerSpec(StrictModel):
     """The router's HTTP front door."""
 
@@ -181,6 +213,17 @@ class ServerSpec(StrictModel):
     request_timeout_s: float = Field(120.0, gt=0)
     max_ongoing_requests: int = Field(256, ge=1, description="requests the router handles at once")
     max_queued_requests: int = Field(256, ge=1, description="requests waiting at the router before a fast 503")
+    router: RouterReplicasSpec = RouterReplicasSpec()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` keeps the router on this machine (anything else exposes it, and needs keys)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class FleetSpec(StrictModel):

@@ -25,10 +25,10 @@ class DeployFailedError(RuntimeError):
 
 
 def fleet_config(spec: FleetSpec, host: str, port: int, plan: Plan | None = None) -> dict[str, Any]:
-    """The rendered Serve config of ``spec``, listening on ``host:port``."""
-    config = build_serve_config(spec, plan or plan_from_store(spec))
-    config["http_options"] = {"host": host, "port": port}
-    return config
+    """The rendered Serve config of ``spec``, listening on ``host:port`` (which decide the router's default
+    replica count as they would in the spec)."""
+    server = spec.server.model_copy(update={"host": host, "port": port})
+    return build_serve_config(spec.model_copy(update={"server": server}), plan or plan_from_store(spec))
 
 
 def deploy_config(config: dict[str, Any], timeout_s: float = READY_TIMEOUT_S) -> None:

@@ -5,7 +5,6 @@ Ray and Serve are imported here, inside the function that needs them, so the res
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import signal
 import time
@@ -13,7 +12,7 @@ from collections.abc import MutableMapping
 
 from cluster.model_store import resolve_source
 from cluster.render.common import SERVE_ENV
-from cluster.spec import FleetSpec
+from cluster.spec import FleetSpec, is_loopback
 from cluster.spec_errors import SpecError, SpecIssue
 from deployments.pipeline.tools import ToolLoadError, import_callable
 
@@ -30,7 +29,7 @@ def exposure_issues(spec: FleetSpec, host: str) -> list[SpecIssue]:
                 f"export {env}=<key1>,<key2> before starting, or remove server.api_keys_env",
             )
         ]
-    if not env and not _is_loopback(host):
+    if not env and not is_loopback(host):
         return [
             SpecIssue(
                 "server.host",
@@ -46,15 +45,6 @@ def apply_serve_env(environ: MutableMapping[str, str]) -> None:
     """Serve's settings for a fleet (:data:`SERVE_ENV`), where the caller's environment does not set them."""
     for name, value in SERVE_ENV.items():
         environ.setdefault(name, value)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def run_local(

@@ -79,6 +79,10 @@ class PlacementProbe:
         self.model = model
         self.engine_overrides = dict(engine_overrides or {})
 
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """Takes the model's ``user_config`` as ``ModelServer`` does (Serve refuses one without a reconfigure)."""
+        self.user_config = dict(config)
+
     async def placement(self) -> dict[str, Any]:
         """:func:`replica_placement`, plus node and GPU ids seen by a task in each placement-group bundle."""
         info = replica_placement(self.model_name, self.engine_overrides)
@@ -86,7 +90,3 @@ class PlacementProbe:
         if pg is not None and info["placement_group"] is not None:
             info["bundle_holders"] = await probe_bundles(pg, info["placement_group"]["bundles"])
         return info
-
-    async def ping(self) -> str:
-        """Same reachability probe as ``ModelServer.ping``."""
-        return self.model_name

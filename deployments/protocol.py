@@ -13,7 +13,14 @@ if TYPE_CHECKING:
     from cluster.spec import SpecialistSpec
 
 ErrorKind = Literal[
-    "bad_request", "context_length_exceeded", "overloaded", "engine_dead", "timeout", "internal", "output_invalid"
+    "bad_request",
+    "context_length_exceeded",
+    "overloaded",
+    "engine_dead",
+    "timeout",
+    "internal",
+    "output_invalid",
+    "cold_start",
 ]
 ToolChoice = Literal["none", "auto", "required"]
 

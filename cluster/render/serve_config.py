@@ -8,8 +8,9 @@ The fleet is one Serve application per model plus the router application:
 - the router's app (``deployments.app:router_app``, route ``/``) gets the whole spec inline as its deployment's
   ``user_config``, so a cluster needs no spec file, and editing a specialist, pipeline, price or policy reaches the
   running router replicas through ``reconfigure()``, with no restart; it finds the models by app name;
-- a model app's ``args`` hold only what its engine needs (:data:`ENGINE_FIELDS`); its bounds, autoscaling, price
-  and policy live in deployment options or the router's config, so editing them restarts no engine.
+- a model app's ``args`` hold only what its engine needs (:data:`ENGINE_FIELDS`); its bounds and autoscaling live
+  in deployment options, its latency objective in its deployment's ``user_config``, its price and policy in the
+  router's config, so editing them restarts no engine.
 
 Each app's ``deployments`` entry holds the plan's options (GPU share, pool resource, placement group,
 autoscaling, queue bounds): Serve applies config options over the code's, so what runs is what this file says,
@@ -21,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from cluster.cost import replica_hourly_prices
-from cluster.deploy_options import deployment_options, engine_overrides
+from cluster.deploy_options import deployment_options, engine_overrides, router_autoscaling_config
 from cluster.placement import Plan
 from cluster.render.common import (
     APP_NAME,
@@ -74,7 +75,8 @@ def model_deployment(plan: Plan, spec: FleetSpec, model: str) -> dict[str, Any]:
 
 
 def router_deployment(spec: FleetSpec, replica_per_hour: dict[str, float] | None = None) -> dict[str, Any]:
-    """The HTTP ingress: bounded by the spec's server limits, half a CPU, no GPU, no pool (it may land anywhere).
+    """The HTTP ingress: bounded by the spec's server limits, half a CPU, no GPU, no pool (it may land anywhere);
+    one replica on loopback, two or more autoscaled on ongoing requests when exposed (:mod:`cluster.deploy_options`).
 
     Its ``user_config`` is the spec and what one replica of each GPU-placed model costs per hour (prices the spec
     does not declare are derived from it and measured throughput): a change reaches running replicas live.
@@ -82,6 +84,7 @@ def router_deployment(spec: FleetSpec, replica_per_hour: dict[str, float] | None
     return {
         "name": ROUTER_DEPLOYMENT,
         "ray_actor_options": {"num_cpus": ROUTER_NUM_CPUS},
+        "autoscaling_config": router_autoscaling_config(spec.server),
         "max_ongoing_requests": spec.server.max_ongoing_requests,
         "max_queued_requests": spec.server.max_queued_requests,
         "user_config": {"spec": spec_mapping(spec), "replica_per_hour": replica_per_hour or {}},

@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any
 import ray
 from opentelemetry import trace
 
+from cluster.autoscaling_policy import OBJECTIVE_METRIC, WAIT_METRIC
 from cluster.model_store import resolve_source
 from cluster.spec import ModelSpec
+from deployments.model.batch_slots import BatchSlots
 from deployments.model.chat_request import build_engine_call
 from deployments.model.gpu_start_lock import gpu_start_lock
 from deployments.model.json_budget import SchemaBudgetError
@@ -37,16 +39,32 @@ class ModelServer:
     """Serve deployment class (options are applied by the app builder from the placement plan)."""
 
     def __init__(self, model_name: str, model: ModelSpec, engine_overrides: dict[str, Any] | None = None) -> None:
+        entered = time.time()
         from deployments.model.engine import ChatEngine  # vLLM loads only inside the replica
 
         configure_tracing(f"slmfleet-model-{model_name}")
         self.model_name = model_name
         self.engine_overrides = dict(engine_overrides or {})
         self.throughput = ThroughputMeter()
+        self.slots = BatchSlots(model.concurrent_seqs)
+        self.latency_objective_s: float | None = None
+        imported = time.time()
         path = resolve_source(model.source)
+        resolved = time.time()
         gpu_ids = [str(i) for i in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]
         with gpu_start_lock(gpu_ids):  # engines sharing a card profile its memory one at a time
             self.engine = ChatEngine.start(path, model, engine_overrides)
+        self.startup_s = startup_phases(entered, imported, resolved, time.time())
+        log.info("model %s started: %s", model_name, self.startup_s)
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """The deployment's ``user_config`` (live, no restart): the model's latency objective."""
+        self.latency_objective_s = config.get("latency_objective_s")
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Custom metrics for the autoscaling policy (Serve 2.60 polls this): the wait for a batch slot and the
+        objective it is judged against (0 when unset: the policy then scales on load alone)."""
+        return {WAIT_METRIC: self.slots.wait_p90_s(), OBJECTIVE_METRIC: self.latency_objective_s or 0.0}
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         """A whole completion in one answer."""
@@ -84,9 +102,10 @@ class ModelServer:
         try:
             call = build_engine_call(request, request.specialist_spec)
             calls = ToolCallStream() if call.tools else None
-            async for text in self.engine.generate(call, tally, incremental=incremental):
-                for delta in _deltas(text, calls, tally):
-                    yield delta
+            async with self.slots.slot():
+                async for text in self.engine.generate(call, tally, incremental=incremental):
+                    for delta in _deltas(text, calls, tally):
+                        yield delta
             if calls is not None and (rest := calls.flush()):
                 yield StreamDelta(rest)
         except (PromptTooLongError, SchemaBudgetError) as exc:
@@ -126,14 +145,17 @@ class ModelServer:
         log.warning("model %s: %s: %s", self.model_name, kind, message)
         return failure(self.model_name, kind, message)
 
+    async def startup(self) -> dict[str, float]:
+        """Where this replica's start-up went, in seconds (see :func:`startup_phases`)."""
+        return self.startup_s
+
+    async def wake(self) -> str:
+        """A request that does nothing: the router sends it to a model at zero replicas so Serve starts one."""
+        return self.model_name
+
     async def check_health(self) -> None:
         """Called by Serve every few seconds; raising marks the replica unhealthy and Serve replaces it."""
         await self.engine.check_health()
-
-    async def ping(self) -> str:
-        """The router's /healthz probe: fails as soon as the engine is dead, before Serve replaces the replica."""
-        await self.engine.check_health()
-        return self.model_name
 
     async def placement(self) -> dict[str, Any]:
         """Where this replica runs (node, GPU ids, Ray resources) and the memory fraction its engine really got."""
@@ -147,6 +169,18 @@ class ModelServer:
         engine = getattr(self, "engine", None)
         if engine is not None:
             engine.shutdown()
+
+
+def startup_phases(entered: float, imported: float, resolved: float, ready: float) -> dict[str, float]:
+    """A replica's start-up split by phase (wall-clock seconds): ``process`` from the worker process's birth to
+    the constructor (Ray worker start, imports of this module), ``imports`` of vLLM and torch, ``weights`` (the
+    model's files, converted once from the bundled GGUF), ``engine`` (vLLM's engine: load, profile, KV cache)."""
+    import psutil  # vLLM's dependency: present wherever an engine runs
+
+    born = psutil.Process().create_time()
+    phases = {"process": entered - born, "imports": imported - entered, "weights": resolved - imported}
+    phases["engine"] = ready - resolved
+    return {name: round(max(0.0, seconds), 3) for name, seconds in phases.items()}
 
 
 def _deltas(text: str, calls: ToolCallStream | None, tally: GenerationTally) -> list[StreamDelta]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -22,6 +23,7 @@ from cluster.spec import FleetSpec
 from deployments.pipeline.routes import PIPELINE_PREFIX, add_pipeline_routes
 from deployments.pipeline.runner import PipelineRunner
 from deployments.router.chat_endpoint import ChatEndpoint, ModelBackend
+from deployments.router.fleet_health import is_serving
 from deployments.router.openai_api import (
     RETRY_AFTER_S,
     ChatCompletionRequest,
@@ -30,6 +32,7 @@ from deployments.router.openai_api import (
 )
 from deployments.router.responses_api import add_responses_routes
 
+log = logging.getLogger(__name__)
 SSE_HEADERS = {"Cache-Control": "no-cache"}
 
 OPEN_PATHS = frozenset({"/healthz"})
@@ -62,9 +65,13 @@ def build_api(
 
     @app.get("/healthz")
     async def healthz() -> Response:
-        models = await backend.health()
-        status = 200 if models and all(models.values()) else 503
-        return JSONResponse({"status": "ok" if status == 200 else "degraded", "models": models}, status)  # noqa: PLR2004
+        try:
+            models = await backend.health()
+        except Exception as exc:  # the controller is unreachable: say so, as a 503, not a 500
+            log.warning("health: Serve's controller did not answer: %r", exc)
+            return JSONResponse({"status": "degraded", "error": "Serve's controller did not answer"}, 503)
+        serving = is_serving(models)
+        return JSONResponse({"status": "ok" if serving else "degraded", "models": models}, 200 if serving else 503)
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:

@@ -22,6 +22,7 @@ from deployments.model.chat_request import contract_from_spec
 from deployments.protocol import GenerationError, GenerationRequest, GenerationResult, StreamDelta
 
 ModelCall = Callable[[str, GenerationRequest], Awaitable[GenerationResult]]
+ColdStart = Callable[[str], Awaitable[bool]]
 DEFAULT_MAX_TOKENS = 256
 # No policy: check the answer, never escalate, and retry a cut answer once with twice the room under the same
 # schema bound, which it cannot overrun (schemas are bounded at two characters a token; see json_budget).
@@ -75,10 +76,24 @@ class ChatCaller:
         prices: PriceBook,
         timeout_s: float,
         on_escalation: Callable[[str, str], None] | None = None,
+        *,
+        cold_start: ColdStart | None = None,
     ) -> None:
-        """``on_escalation(served_name, reason)`` sees every escalation (the router counts them in its metrics)."""
+        """``on_escalation(served_name, reason)`` sees every escalation (the router counts them in its metrics);
+        ``cold_start(model)`` says whether a model is at zero replicas, and starts waking it."""
         self.spec, self.call, self.prices, self.timeout_s = spec, call, prices, timeout_s
         self.on_escalation = on_escalation
+        self.cold_start = cold_start
+
+    async def waking(self, target: ChatTarget) -> GenerationResult | None:
+        """A ``cold_start`` error when the target's model is at zero and the call may escalate for that reason: the
+        LLM tier answers while the model wakes, instead of the caller waiting out the cold start. None otherwise
+        (the call then waits for the model, within the request timeout)."""
+        may_escalate = target.can_escalate and "unavailable" in target.policy.reasons
+        if not may_escalate or self.cold_start is None or not await self.cold_start(target.model):
+            return None
+        message = f"model '{target.model}' is scaled to zero and waking; answered by '{target.policy.to}' meanwhile"
+        return GenerationResult(model=target.model, error=GenerationError("cold_start", message))
 
     def contract(self, target: ChatTarget, request: GenerationRequest) -> Any:
         """The output contract a call is judged by: the request's response format, else its specialist's."""
@@ -92,6 +107,7 @@ class ChatCaller:
         ``first`` is the first call's result when it was already made (a stream that failed before its first byte).
         """
         outcome = ChatOutcome(GenerationResult(model=target.model))
+        first = first or await self.waking(target)
         model, can_escalate, retries = target.model, target.can_escalate, 0
         max_tokens = request.max_tokens or target.default_max_tokens
         contract = self.contract(target, request)

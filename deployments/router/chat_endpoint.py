@@ -39,7 +39,9 @@ class ModelBackend(Protocol):
 
     def stream(self, model: str, request: GenerationRequest) -> AsyncIterator[StreamDelta | GenerationResult]: ...
 
-    async def health(self) -> dict[str, bool]: ...
+    async def health(self) -> dict[str, dict[str, Any]]: ...
+
+    async def cold_start(self, model: str) -> bool: ...
 
 
 def generation_error(error: GenerationError) -> Answer:
@@ -72,7 +74,9 @@ class ChatEndpoint:
     ) -> None:
         self.spec, self.backend, self.llm, self.runner = spec, backend, llm, runner
         timeout_s = spec.server.request_timeout_s
-        self.caller = ChatCaller(spec, backend.complete, prices, timeout_s, on_escalation)
+        self.caller = ChatCaller(
+            spec, backend.complete, prices, timeout_s, on_escalation, cold_start=backend.cold_start
+        )
 
     @staticmethod
     def parse(data: dict[str, Any]) -> ChatCompletionRequest | Answer:
@@ -132,7 +136,7 @@ class ChatEndpoint:
         whole = needs_whole_answer(chat, request, self.caller.contract(chat, request))
         items: AsyncIterator[StreamDelta | GenerationResult] | None = None
         first: StreamDelta | GenerationResult | None = None
-        if not whole:
+        if not whole and (first := await self.caller.waking(chat)) is None:
             items = self.backend.stream(chat.model, request)
             first = await self._first_item(chat.model, items)
         if items is None or first is None or (isinstance(first, GenerationResult) and first.error is not None):

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import ray
 from fastapi import FastAPI
 from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
@@ -30,11 +31,12 @@ from deployments.pipeline.runner import PipelineRunner
 from deployments.pipeline.tools import ToolRegistry
 from deployments.protocol import GenerationRequest, GenerationResult, StreamDelta, failure
 from deployments.router.api import build_api
+from deployments.router.fleet_health import ServeDetailsCache, fleet_health, model_health
 
 log = logging.getLogger(__name__)
 REPLICA_LOST = (RayActorError, ActorDiedError, ActorUnavailableError, ReplicaUnavailableError)
-HEALTH_PROBE_TIMEOUT_S = 5.0
 RETRY_DELAY_S = 0.5
+WAKE_TIMEOUT_S = 600.0
 
 
 class ServeBackend:
@@ -49,10 +51,15 @@ class ServeBackend:
         handles: dict[str, DeploymentHandle],
         specialists: dict[str, SpecialistSpec] | None = None,
         metrics: FleetMetrics | None = None,
+        scale_to_zero: frozenset[str] = frozenset(),
     ) -> None:
+        """``scale_to_zero``: the models whose ``min_replicas`` is 0 (only they are looked up for a cold start)."""
         self.handles = handles
         self.specialists = specialists or {}
         self.metrics = metrics  # its price book also takes in each replica's measured throughput
+        self.serve_details = ServeDetailsCache(_serve_instance_details)
+        self.scale_to_zero = scale_to_zero
+        self._wakes: dict[str, asyncio.Task[None]] = {}
 
     def _outgoing(self, request: GenerationRequest) -> GenerationRequest:
         specialist = self.specialists.get(request.specialist) if request.specialist else None
@@ -94,11 +101,33 @@ class ServeBackend:
                     return
                 await asyncio.sleep(RETRY_DELAY_S)
 
-    async def health(self) -> dict[str, bool]:
-        names = list(self.handles)
-        probes = [asyncio.wait_for(self.handles[n].ping.remote(), HEALTH_PROBE_TIMEOUT_S) for n in names]
-        results = await asyncio.gather(*probes, return_exceptions=True)
-        return {name: not isinstance(result, BaseException) for name, result in zip(names, results, strict=True)}
+    async def health(self) -> dict[str, dict[str, Any]]:
+        """Each model's state from Serve's controller (:mod:`deployments.router.fleet_health`): no model is
+        called, so a probe never wakes one that scaled to zero."""
+        return fleet_health(await self.serve_details.get(), list(self.handles))
+
+    async def cold_start(self, model: str) -> bool:
+        """Whether ``model`` is at zero replicas (or waking from it); if so, a wake-up call is sent (a request at a
+        handle is demand, so Serve starts a replica) and the caller may escalate instead of waiting."""
+        if model not in self.scale_to_zero:
+            return False
+        try:
+            state = model_health(await self.serve_details.get(), model)["state"]
+        except Exception as exc:  # the controller did not answer: the call goes ahead and waits if it must
+            log.warning("cold-start check for model %s failed: %r", model, exc)
+            return False
+        if state not in ("scaled_to_zero", "waking"):
+            return False
+        if model not in self._wakes or self._wakes[model].done():
+            self._wakes[model] = asyncio.create_task(self._wake(model))
+        return True
+
+    async def _wake(self, model: str) -> None:
+        try:
+            await asyncio.wait_for(self.handles[model].wake.remote(), WAKE_TIMEOUT_S)
+            log.info("model %s woke from zero", model)
+        except Exception as exc:
+            log.warning("waking model %s failed: %r", model, exc)
 
     async def _with_retry(self, model: str, call: Callable[[], Awaitable[GenerationResult]]) -> GenerationResult:
         for attempt in range(2):
@@ -118,6 +147,14 @@ class ServeBackend:
             log.warning("model %s answered from a dead engine; retrying once on any live replica", model)
             await asyncio.sleep(RETRY_DELAY_S)
         raise AssertionError("unreachable")
+
+
+async def _serve_instance_details() -> dict[str, Any]:
+    """Serve's own view of every app, deployment and replica, from its controller actor."""
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    return await controller.get_serve_instance_details.remote()
 
 
 def api_keys_from_env(spec: FleetSpec) -> frozenset[str]:
@@ -177,7 +214,8 @@ def router_state(config: dict[str, Any], metrics: FleetMetrics) -> RouterState:
     hourly = {name: float(price) for name, price in (config.get("replica_per_hour") or {}).items()}
     prices = PriceBook.from_spec(spec, replica_per_hour=hourly)
     metrics.prices, metrics.llm_model = prices, llm_reference_model(spec)
-    backend = ServeBackend(model_handles(spec), dict(spec.specialists), metrics)
+    at_zero = frozenset(name for name, model in spec.models.items() if model.autoscaling.min_replicas == 0)
+    backend = ServeBackend(model_handles(spec), dict(spec.specialists), metrics, at_zero)
     runner = PipelineRunner(
         spec,
         backend.complete,

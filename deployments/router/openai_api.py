@@ -24,6 +24,7 @@ STATUS_BY_KIND = {
     "output_invalid": 502,
     "overloaded": 503,
     "engine_dead": 503,
+    "cold_start": 503,
     "timeout": 504,
     "internal": 500,
 }

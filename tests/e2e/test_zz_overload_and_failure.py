@@ -66,7 +66,7 @@ def wait_for_health(fleet, want_status, within_s, smol_up):
     while time.monotonic() < deadline:
         try:
             resp = httpx.get(f"{fleet.url}/healthz", timeout=15)
-            if resp.status_code == want_status and resp.json()["models"]["smol"] is smol_up:
+            if resp.status_code == want_status and (resp.json()["models"]["smol"]["state"] == "ready") is smol_up:
                 return resp.json()
         except httpx.HTTPError:
             pass
@@ -154,7 +154,8 @@ def test_deleting_a_models_deployment_mid_run_makes_its_steps_escalate_not_fail(
         assert [e["reason"] for e in step["escalations"]] == ["unavailable"]
 
     health = httpx.get(f"{fleet.url}/healthz", timeout=15)
-    assert health.status_code == 503 and health.json()["models"] == {"smol": False, "big": True}
+    states = {name: report["state"] for name, report in health.json()["models"].items()}
+    assert health.status_code == 503 and states == {"smol": "down", "big": "ready"}
     after = httpx.post(
         f"{fleet.url}/v1/pipelines/support-triage/runs", json={"inputs": {"message": "Hi there"}}, timeout=300
     ).json()

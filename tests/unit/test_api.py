@@ -39,7 +39,10 @@ class FakeBackend:
         yield self.result
 
     async def health(self):
-        return {"smol": True}
+        return {"smol": {"state": "ready"}}
+
+    async def cold_start(self, model):
+        return False
 
 
 def client(backend=None, keys=frozenset()):

@@ -3,7 +3,6 @@ context, config and wrapper classes (built directly; no Ray cluster is started).
 
 from __future__ import annotations
 
-import inspect
 import math
 import subprocess
 import sys
@@ -19,11 +18,9 @@ from hypothesis import strategies as st
 from cluster import autoscaling_policy as ap
 from cluster.autoscaling_policy import (
     OBJECTIVE_METRIC,
-    POLICY_CLASS,
     POLICY_FUNCTION,
     STATE_REASON_KEY,
     WAIT_METRIC,
-    ModelAutoscalingPolicy,
     ScalingDecision,
     ScalingSignals,
     decide_replicas,
@@ -237,9 +234,7 @@ def ray_context(config: Any, *, running: int, target: int | None = None, total: 
 def ray_config(**overrides: Any) -> Any:
     from ray.serve.config import AutoscalingConfig
 
-    fields = serve_autoscaling_config(
-        min_replicas=0, max_replicas=4, target_ongoing_requests=2.0, latency_objective_s=1.0
-    )
+    fields = serve_autoscaling_config(min_replicas=0, max_replicas=4, target_ongoing_requests=2.0)
     return AutoscalingConfig(**{**fields, **overrides})
 
 
@@ -252,23 +247,20 @@ def test_import_pulls_in_no_ray_vllm_or_torch() -> None:
     assert out.stdout.strip() == "[]"
 
 
-def test_rendered_config_is_valid_for_serve_and_names_the_class() -> None:
+def test_rendered_config_is_valid_for_serve_and_names_the_function() -> None:
     from ray.serve._private.config import DeploymentConfig
     from ray.serve.schema import DeploymentSchema
 
-    fields = serve_autoscaling_config(
-        min_replicas=0, max_replicas=3, target_ongoing_requests=4.0, latency_objective_s=2.5
-    )
+    fields = serve_autoscaling_config(min_replicas=0, max_replicas=3, target_ongoing_requests=4.0)
     DeploymentSchema(name="model-smol", autoscaling_config=fields)  # what `serve deploy` validates in a config file
     config = DeploymentConfig(autoscaling_config=fields).autoscaling_config  # what the controller builds from it
-    assert config.policy.policy_function == POLICY_CLASS
+    assert config.policy.policy_function == POLICY_FUNCTION
     assert config.downscale_to_zero_delay_s == fields["downscale_to_zero_delay_s"]
-    # The controller's path: proto round trip, then Serve instantiates the class once with policy_kwargs.
+    # The controller's path: proto round trip, then the deserialized function decides from a context.
     restored = DeploymentConfig.from_proto_bytes(DeploymentConfig(autoscaling_config=fields).to_proto_bytes())
-    raw = restored.autoscaling_config.policy.get_policy()
-    assert inspect.isclass(raw)
-    policy = raw(**restored.autoscaling_config.policy.policy_kwargs)
-    assert policy.latency_objective_s == 2.5
+    decide = restored.autoscaling_config.policy.get_policy()
+    ctx = ray_context(restored.autoscaling_config, running=1, total=9.0, queued=1.0)
+    assert decide(ctx) == (3, {STATE_REASON_KEY: ap.REASON_LOAD})
 
 
 BLOCKED_LOAD = """
@@ -281,7 +273,7 @@ class Block(importlib.abc.MetaPathFinder):
             raise ImportError(name)
 
 sys.meta_path.insert(0, Block())
-policy = cloudpickle.loads(sys.stdin.buffer.read())(latency_objective_s=1.0)
+policy = cloudpickle.loads(sys.stdin.buffer.read())
 ctx = types.SimpleNamespace(current_num_replicas=1, target_num_replicas=1, total_num_requests=5.0,
                             total_queued_requests=1.0, capacity_adjusted_min_replicas=0,
                             capacity_adjusted_max_replicas=2, config=None)
@@ -305,10 +297,9 @@ def test_plain_function_import_path_is_accepted() -> None:
     assert decide(ctx) == (3, {STATE_REASON_KEY: ap.REASON_LOAD})
 
 
-def test_policy_config_defaults_to_no_objective() -> None:
-    assert policy_config() == {"policy_function": POLICY_CLASS, "policy_kwargs": {"latency_objective_s": None}}
-    with pytest.raises(ValueError, match="latency_objective_s"):
-        ModelAutoscalingPolicy(latency_objective_s=0)
+def test_policy_config_names_the_function_without_kwargs() -> None:
+    """Kwargs would be part of the code version: an objective edit would restart the model's engines."""
+    assert policy_config() == {"policy_function": POLICY_FUNCTION}
 
 
 def test_signals_from_the_real_context() -> None:
@@ -342,7 +333,7 @@ def test_duck_typed_context_without_optional_fields() -> None:
         capacity_adjusted_max_replicas=2,
         config=SimpleNamespace(target_ongoing_requests=None),
     )
-    assert ModelAutoscalingPolicy()(ctx) == (0, {STATE_REASON_KEY: ap.REASON_TO_ZERO})
+    assert serve_policy(ctx) == (0, {STATE_REASON_KEY: ap.REASON_TO_ZERO})
 
 
 class FakeClock:
@@ -362,7 +353,7 @@ def serve_wrapped(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, FakeClock]:
     clock = FakeClock()
     monkeypatch.setattr(serve_ap, "time", SimpleNamespace(time=clock.time, monotonic=clock.time))
     config = ray_config(upscale_delay_s=0.0, downscale_delay_s=60.0, downscale_to_zero_delay_s=300.0)
-    policy = serve_ap._apply_autoscaling_config(config.policy.get_policy()(**config.policy.policy_kwargs))
+    policy = serve_ap._apply_autoscaling_config(config.policy.get_policy())
     return (lambda **kw: policy(ray_context(config, **kw))), clock
 
 

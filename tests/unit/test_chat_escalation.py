@@ -91,7 +91,10 @@ class ScriptedBackend:
         yield answer
 
     async def health(self):
-        return {"smol": True, "big": True}
+        return {"smol": {"state": "ready"}, "big": {"state": "ready"}}
+
+    async def cold_start(self, model):
+        return False
 
     def models(self):
         return [model for model, _ in self.calls]

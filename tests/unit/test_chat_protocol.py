@@ -79,7 +79,10 @@ class FakeBackend:
         yield self.result
 
     async def health(self):
-        return {"smol": True, "big": True}
+        return {"smol": {"state": "ready"}, "big": {"state": "ready"}}
+
+    async def cold_start(self, model):
+        return False
 
 
 def app(backend=None):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from cluster.autoscaling_policy import POLICY_FUNCTION
 from cluster.deploy_options import (
     POOL_RESOURCE_AMOUNT,
     autoscaling_config,
@@ -13,9 +14,11 @@ from cluster.deploy_options import (
     engine_overrides,
     node_resources,
     pool_resource,
+    router_autoscaling_config,
+    router_replica_bounds,
 )
 from cluster.placement import plan_fleet
-from cluster.spec import load_spec, parse_spec
+from cluster.spec import ServerSpec, load_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 # The keys Ray Serve 2.60 accepts in ray_actor_options and @serve.deployment (ray/serve/_private/config.py).
@@ -27,6 +30,7 @@ DEPLOYMENT_KEYS = {
     "max_queued_requests",
     "placement_group_bundles",
     "placement_group_strategy",
+    "user_config",
 }
 
 
@@ -124,7 +128,31 @@ def test_request_limits_and_autoscaling(production):
         "initial_replicas": 0,
         "max_replicas": 2,
         "target_ongoing_requests": model.autoscaling.target_ongoing_requests,
+        "upscale_delay_s": model.autoscaling.upscale_delay_s,
+        "downscale_delay_s": model.autoscaling.downscale_delay_s,
+        "downscale_to_zero_delay_s": model.autoscaling.idle_delay_s,
+        "policy": {"policy_function": POLICY_FUNCTION},
     }
+    assert options["user_config"] == {"latency_objective_s": model.latency_objective_s}
+
+
+@pytest.mark.parametrize(
+    ("host", "router", "bounds"),
+    [
+        ("127.0.0.1", {}, (1, 1)),
+        ("0.0.0.0", {}, (2, 8)),
+        ("0.0.0.0", {"min_replicas": 3}, (3, 8)),
+        ("0.0.0.0", {"max_replicas": 1}, (1, 1)),
+        ("localhost", {"max_replicas": 4}, (1, 4)),
+        ("10.0.0.5", {"min_replicas": 12}, (12, 12)),
+    ],
+)
+def test_router_replicas_follow_exposure_unless_the_spec_says(host, router, bounds):
+    server = ServerSpec(host=host, router=router)
+    assert router_replica_bounds(server) == bounds
+    config = router_autoscaling_config(server)
+    assert (config["min_replicas"], config["initial_replicas"], config["max_replicas"]) == (bounds[0], *bounds)
+    assert "policy" not in config  # Serve's default policy: ongoing requests per replica
 
 
 def test_autoscaling_config_keeps_serve_ordering_rules(production):

@@ -56,7 +56,10 @@ class FakeStreamingModels:
         yield GenerationResult(model=model, text="".join(PIECES), finish_reason="stop", completion_tokens=4)
 
     async def health(self):
-        return {"smol": True, "big": True}
+        return {"smol": {"state": "ready"}, "big": {"state": "ready"}}
+
+    async def cold_start(self, model):
+        return False
 
 
 def chat_stream(spec, models):
