@@ -72,7 +72,7 @@ def _cmd_diff(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     fleet_deploy.attach(args.address)
     diff, _ = fleet_deploy.spec_diff(spec, fleet_deploy.running_details())
-    print(diff.render_text())
+    print(json.dumps(diff.as_dict(), indent=2, default=str) if args.json else diff.render_text())
     return 0
 
 
@@ -139,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=what)
         _add_spec_argument(command, positional=True)
         command.add_argument("--address", required=True, help="the fleet's Ray address (`slmfleet up` prints it)")
-        command.set_defaults(func=func)
+        command.set_defaults(func=func, json=False)
+    diff_parser = sub.choices["diff"]
+    diff_parser.add_argument("--json", action="store_true", help="print the diff as JSON: changes, apps by effect")
 
     render_cmd = sub.add_parser(
         "render", help="render deploy artifacts: a Serve config, KubeRay manifests (k8s/), or ray-cluster.yaml"

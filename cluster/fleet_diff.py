@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 Effect = Literal["live", "restart", "add", "remove", "keep", "ignored"]
@@ -218,6 +218,12 @@ class FleetDiff:
         deployment of it restarts."""
         return {(c.app, c.deployment) for c in self.changes if c.effect == "restart"}
 
+    def as_dict(self) -> dict[str, Any]:
+        """The diff as data (``slmfleet diff --json``): every change, and the apps each effect touches."""
+        changes = [{**asdict(c), "before": _plain(c.before), "after": _plain(c.after)} for c in self.changes]
+        touched = {effect: sorted({c.app for c in self.changes if c.effect == effect}) for effect in _MARKERS}
+        return {"changes": changes, "apps": touched}
+
     def is_empty(self) -> bool:
         """True when applying changes nothing (runtime state shown as kept does not count)."""
         return all(c.effect == "keep" for c in self.changes)
@@ -405,6 +411,11 @@ def _line(change: Change) -> str:
         described = f": {change.after}" if change.after not in (None, "", UNSET) else ""
         return f"{head}{described}  ({change.why})"
     return f"{head}: {show(change.before)} -> {show(change.after)}  ({change.why})"
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready: a side that does not exist is null."""
+    return None if value is UNSET else value
 
 
 def show(value: Any) -> str:

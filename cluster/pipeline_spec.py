@@ -53,7 +53,8 @@ class EscalationPolicy(_StrictModel):
     reasons: list[EscalationReason] = Field(
         default_factory=lambda: list(ESCALATION_REASONS),
         description="contract: output fails its contract; low_confidence: see min_confidence; "
-        "unavailable: the model raised, timed out, or answered engine_dead/overloaded/internal",
+        "unavailable: the model raised, timed out, answered engine_dead/overloaded/internal, or is at zero "
+        "replicas (a cold start: the model is woken and the target answers meanwhile)",
     )
     min_confidence: float = Field(
         0.0,

@@ -67,8 +67,9 @@ def wait_until_healthy(fleet: Fleet) -> None:
 
 def e2e_spec(path: Path) -> Path:
     """The default fleet plus test pipelines: the demo forced to escalate, the demo with a short step timeout,
-    a lookup of a given order, and a parallel fan-out (two specialists at once, then a reply reading both); and a
-    specialist whose every chat call escalates."""
+    a lookup of a given order, and a parallel fan-out (two specialists at once, then a reply reading both); a
+    specialist whose every chat call escalates; and a scale-to-zero model, ``cold`` (SmolLM2 again, starting at
+    zero replicas, back to zero after 10 idle seconds), with ``extract-cold``, the extract specialist on it."""
     spec = yaml.safe_load((ROOT / "fleet.yaml").read_text())
     demo = copy.deepcopy(spec["pipelines"]["support-triage"])
     demo["escalation"]["min_confidence"] = 1.0  # no answer is that sure: every model step escalates
@@ -91,6 +92,10 @@ def e2e_spec(path: Path) -> Path:
     unsure = copy.deepcopy(spec["specialists"]["intent"])
     unsure["escalation"] = {"to": "big", "min_confidence": 1.0}  # never sure enough: every chat call escalates
     spec["specialists"]["intent-unsure"] = unsure
+    cold = copy.deepcopy(spec["models"]["smol"])
+    cold["autoscaling"] = {"min_replicas": 0, "max_replicas": 1, "idle_delay_s": 10, "downscale_delay_s": 0}
+    spec["models"]["cold"] = cold
+    spec["specialists"]["extract-cold"] = {**copy.deepcopy(spec["specialists"]["extract"]), "model": "cold"}
     spec["pipelines"]["lookup-order"] = {
         "steps": {"lookup": {"tool": "order-status", "args": {"order_id": "{{ input.order_id }}"}}},
     }

@@ -2,6 +2,7 @@
 deploys the edited spec's rendered config (what `slmfleet up` deployed, declaratively), while a request is in
 flight; a driver attached to the fleet's Ray reads the replica ids before and after."""
 
+import copy
 import json
 import os
 import subprocess
@@ -85,3 +86,84 @@ def test_a_specialist_price_and_queue_bound_apply_live_with_no_replica_restart(f
     assert reply.json()["slmfleet"]["cost"]["total"] == pytest.approx(
         0.0002 * reply.json()["usage"]["total_tokens"] / 1000
     )
+
+
+class SteadyTraffic:
+    """Clients calling the fleet one request after another (one thread per model) until stopped; every answer's
+    status is kept, so an edit that drops or fails a request in flight shows."""
+
+    def __init__(self, url, models):
+        self.url, self.statuses, self.stopping = url, [], threading.Event()
+        self.threads = [threading.Thread(target=self._loop, args=(model,)) for model in models]
+
+    def _loop(self, model):
+        body = {"model": model, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8}
+        while not self.stopping.is_set():
+            try:
+                resp = httpx.post(f"{self.url}/v1/chat/completions", json=body, timeout=240)
+                self.statuses.append((model, resp.status_code, resp.text[:200] if resp.status_code != 200 else ""))
+            except httpx.HTTPError as exc:
+                self.statuses.append((model, None, repr(exc)))
+
+    def __enter__(self):
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(300)
+
+
+def diff_json(spec, address):
+    return json.loads(run([sys.executable, "-m", "cluster.cli", "diff", str(spec), "--address", address, "--json"]))
+
+
+def write_spec(path, data):
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_each_kind_of_change_restarts_exactly_where_diff_says_and_loses_no_request(fleet, tmp_path):
+    """One apply with an engine change (smol restarts), bound and objective edits (live), a router edit (live) and
+    a new model (added at zero replicas); then one that removes it. Traffic to smol and big runs throughout."""
+    address = fleet.ray_address()
+    base = yaml.safe_load(e2e_spec(tmp_path / "base.yaml").read_text())
+    edited = copy.deepcopy(base)
+    edited["models"]["smol"]["engine"]["seed"] = 7  # an engine argument: smol's engine restarts
+    edited["models"]["smol"]["latency_objective_s"] = 5.0  # the replicas' user_config: live
+    edited["models"]["big"]["autoscaling"]["target_ongoing_requests"] = 3  # the controller's target: live
+    edited["models"]["spare"] = {**base["models"]["cold"], "max_model_len": 1024}  # a new app, at zero replicas
+    edited["specialists"]["greet"] = {"model": "smol", "instructions": "Greet the user.", "sampling": {"max_tokens": 8}}
+    with_spare = write_spec(tmp_path / "with-spare.yaml", edited)
+
+    diff = diff_json(with_spare, address)
+    assert diff["apps"]["restart"] == ["model-smol"], diff["apps"]
+    assert diff["apps"]["add"] == ["model-spare"] and diff["apps"]["remove"] == []
+    assert set(diff["apps"]["live"]) == {"model-smol", "model-big", "slmfleet"}, diff["apps"]
+
+    before = replica_ids(address)
+    with SteadyTraffic(fleet.url, ["smol", "big"]) as traffic:
+        run([sys.executable, "-m", "cluster.cli", "apply", str(with_spare), "--address", address])
+    after = replica_ids(address)
+    assert set(after["model-smol/model-smol"]).isdisjoint(before["model-smol/model-smol"])  # restarted, as said
+    for unchanged in ("slmfleet/router", "model-big/model-big"):
+        assert after[unchanged] == before[unchanged], unchanged
+    assert after["model-spare/model-spare"] == []  # added, at zero replicas until called
+
+    without = copy.deepcopy(edited)
+    del without["models"]["spare"]
+    removed = write_spec(tmp_path / "without-spare.yaml", without)
+    diff = diff_json(removed, address)
+    assert diff["apps"]["remove"] == ["model-spare"] and diff["apps"]["restart"] == [], diff["apps"]
+    with SteadyTraffic(fleet.url, ["smol"]) as more:
+        run([sys.executable, "-m", "cluster.cli", "apply", str(removed), "--address", address])
+    final = replica_ids(address)
+    assert "model-spare/model-spare" not in final
+    assert final == {k: v for k, v in after.items() if not k.startswith("model-spare")}
+
+    statuses = traffic.statuses + more.statuses
+    failed = [s for s in statuses if s[1] != 200]
+    assert not failed, failed
+    assert {m for m, _, _ in traffic.statuses} == {"smol", "big"} and len(statuses) >= 4, statuses

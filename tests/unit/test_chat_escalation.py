@@ -67,7 +67,8 @@ class ScriptedBackend:
     An answer is text (finish "stop") or a GenerationResult, whose ``model`` is set to the model asked.
     """
 
-    def __init__(self, **script):
+    def __init__(self, cold=(), **script):
+        self.cold, self.woken = set(cold), []
         self.script = {
             model: list(answers) if isinstance(answers, list) else [answers] for model, answers in script.items()
         }
@@ -94,6 +95,9 @@ class ScriptedBackend:
         return {"smol": {"state": "ready"}, "big": {"state": "ready"}}
 
     async def cold_start(self, model):
+        if model in self.cold:
+            self.woken.append(model)
+            return True
         return False
 
     def models(self):
@@ -433,3 +437,29 @@ def test_each_chat_escalation_is_reported_to_the_routers_metrics_hook():
     )
     assert resp.status_code == 200, resp.text
     assert seen == [("intent", "contract")]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_model_at_zero_is_woken_and_the_llm_tier_answers_meanwhile_labelled(stream):
+    fleet = spec(specialists={"summarize": {"to": "big"}})
+    backend = ScriptedBackend(cold={"smol"}, smol="from smol", big="from big")
+    resp = post(fleet, backend, {"model": "summarize", "stream": stream})
+    report = sse(resp)[-1]["slmfleet"] if stream else ok(resp)["slmfleet"]
+    assert backend.models() == ["big"] and backend.woken == ["smol"]  # smol was never waited for
+    assert report["served_by"] == "big"
+    (escalation,) = report["escalations"]
+    assert escalation["reason"] == "unavailable" and "scaled to zero" in escalation["detail"], escalation
+
+
+def test_a_model_at_zero_without_an_escalation_target_is_waited_for():
+    backend = ScriptedBackend(cold={"smol"}, smol="from smol")
+    body = ok(post(spec(), backend, {"model": "summarize"}))
+    assert backend.models() == ["smol"] and backend.woken == []  # not even asked: nothing else could answer
+    assert body["choices"][0]["message"]["content"] == "from smol" and body["slmfleet"]["escalations"] == []
+
+
+def test_a_cold_start_does_not_escalate_when_the_policy_leaves_out_unavailable():
+    fleet = spec(specialists={"summarize": {"to": "big", "reasons": ["contract"]}})
+    backend = ScriptedBackend(cold={"smol"}, smol="from smol", big="from big")
+    assert ok(post(fleet, backend, {"model": "summarize"}))["slmfleet"]["served_by"] == "smol"
+    assert backend.models() == ["smol"]

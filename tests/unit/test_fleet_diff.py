@@ -9,6 +9,7 @@ and ``DeploymentVersion.requires_actor_restart`` (pure objects, no cluster).
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +152,10 @@ def test_adding_and_removing_a_model_adds_and_removes_its_app(base):
     assert (remove.app, remove.after) == ("model-tiny", UNSET)
     assert "- remove app model-tiny" in removed.render_text()
     assert ("model-tiny", None) not in removed.restarts()
+    data = json.loads(json.dumps(removed.as_dict()))  # what `slmfleet diff --json` prints
+    assert data["apps"]["remove"] == ["model-tiny"] and data["apps"]["restart"] == []
+    (entry,) = [c for c in data["changes"] if c["effect"] == "remove"]
+    assert entry["after"] is None and entry["app"] == "model-tiny"
 
 
 def test_runtime_state_is_shown_as_kept(base):
