@@ -25,6 +25,8 @@ def small_spec(path: Path, pipelines: dict | None = None) -> Path:
     """The default fleet cut down to one engine (smol), its specialists, and the given pipelines."""
     spec = yaml.safe_load((ROOT / "fleet.yaml").read_text())
     specialists = {name: s for name, s in spec["specialists"].items() if s["model"] == "smol"}
+    for specialist in specialists.values():  # their escalation target (big) is not in the cut-down fleet
+        specialist.pop("escalation", None)
     small = {"server": spec["server"], "models": {"smol": spec["models"]["smol"]}, "specialists": specialists}
     path.write_text(yaml.safe_dump({**small, "pipelines": pipelines or {}}, sort_keys=False))
     return path
