@@ -28,15 +28,19 @@ def small_spec(path: Path, pipelines: dict | None = None) -> Path:
     for specialist in specialists.values():  # their escalation target (big) is not in the cut-down fleet
         specialist.pop("escalation", None)
     small = {"server": spec["server"], "models": {"smol": spec["models"]["smol"]}, "specialists": specialists}
+    small["tools"] = spec["tools"]  # Python tools: free unless a pipeline calls them
     path.write_text(yaml.safe_dump({**small, "pipelines": pipelines or {}}, sort_keys=False))
     return path
 
 
 @contextlib.contextmanager
-def running_fleet(pipelines: dict | None = None, env: dict[str, str] | None = None) -> Iterator[str]:
+def running_fleet(
+    pipelines: dict | None = None, env: dict[str, str] | None = None, work: Path | None = None
+) -> Iterator[str]:
     """``slmfleet up`` on a free port, with ``env`` added to its environment (and so to its Ray cluster's
-    processes); yields its URL once /healthz says every model is up."""
-    work = Path(tempfile.mkdtemp(prefix="slmfleet-bench-"))
+    processes); yields its URL once /healthz says every model is up. Its spec and log are ``work``'s
+    ``fleet.yaml`` and ``fleet.log`` (a fresh temporary folder by default)."""
+    work = work or Path(tempfile.mkdtemp(prefix="slmfleet-bench-"))
     port = free_port()
     cmd = [sys.executable, "-m", "cluster.cli", "up", "--spec", str(small_spec(work / "fleet.yaml", pipelines))]
     log = open(work / "fleet.log", "w")  # noqa: SIM115 - closed in finally

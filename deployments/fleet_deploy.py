@@ -96,6 +96,8 @@ def desired_config(spec: FleetSpec, details: dict[str, Any]) -> dict[str, Any]:
 def spec_diff(spec: FleetSpec, details: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """(the :class:`cluster.fleet_diff.FleetDiff` from what runs to ``spec``, the config that applies it)."""
     from cluster.fleet_diff import diff_serve_configs
+    from deployments.fleet_state import read_runtime_state, runtime_entries
 
     desired = desired_config(spec, details)
-    return diff_serve_configs(details, desired), desired
+    runtime = runtime_entries(read_runtime_state())  # registrations the spec does not hold: apply keeps them
+    return diff_serve_configs(details, desired, runtime), desired

@@ -22,6 +22,7 @@ from cluster.render.common import model_deployment_name
 ModelState = Literal["ready", "scaled_to_zero", "waking", "down"]
 DETAILS_TTL_S = 1.0
 DETAILS_TIMEOUT_S = 5.0
+STALE_LIMIT_S = 30.0
 FAILED_STATUSES = frozenset({"DEPLOY_FAILED"})
 
 
@@ -68,7 +69,12 @@ def is_serving(models: Mapping[str, Mapping[str, Any]]) -> bool:
 
 
 class ServeDetailsCache:
-    """Serve's instance details, fetched off the event loop's way (an awaited actor call) and kept briefly."""
+    """Serve's instance details, fetched off the event loop's way (an awaited actor call) and kept briefly.
+
+    The controller can be slow to answer while it handles a dying replica on a busy machine; a probe then gets the
+    last details if they are at most :data:`STALE_LIMIT_S` old (the replicas are still serving: the controller
+    is only the bookkeeper), and an error only when there are none that recent.
+    """
 
     def __init__(
         self, fetch: Callable[[], Awaitable[Mapping[str, Any]]], clock: Callable[[], float] = time.monotonic
@@ -80,10 +86,15 @@ class ServeDetailsCache:
         self._at = -float("inf")
         self._lock = asyncio.Lock()
 
-    async def get(self) -> Mapping[str, Any]:
-        """The cached details, refreshed when older than :data:`DETAILS_TTL_S`; one fetch for concurrent probes."""
+    async def get(self) -> tuple[Mapping[str, Any], float]:
+        """(details, their age in seconds): refreshed when older than :data:`DETAILS_TTL_S`, one fetch for any
+        number of concurrent probes; the last ones, if recent enough, when a refresh fails."""
         async with self._lock:
             if self._details is None or self._clock() - self._at > DETAILS_TTL_S:
-                self._details = await asyncio.wait_for(self._fetch(), DETAILS_TIMEOUT_S)
-                self._at = self._clock()
-            return self._details
+                try:
+                    self._details = await asyncio.wait_for(self._fetch(), DETAILS_TIMEOUT_S)
+                    self._at = self._clock()
+                except Exception:
+                    if self._details is None or self._clock() - self._at > STALE_LIMIT_S:
+                        raise
+            return self._details, self._clock() - self._at

@@ -24,6 +24,7 @@ from ray.serve.handle import DeploymentHandle
 from cluster.cost import PriceBook, llm_reference_model
 from cluster.render.common import model_deployment_name
 from cluster.spec import FleetSpec, SpecialistSpec, parse_spec
+from deployments.fleet_state import STATE_PATH_ENV, FleetState
 from deployments.observability.metrics import FleetMetrics
 from deployments.observability.telemetry import configure_tracing, current_context_carrier
 from deployments.pipeline.routes import CURRENT_PIPELINE
@@ -104,7 +105,8 @@ class ServeBackend:
     async def health(self) -> dict[str, dict[str, Any]]:
         """Each model's state from Serve's controller (:mod:`deployments.router.fleet_health`): no model is
         called, so a probe never wakes one that scaled to zero."""
-        return fleet_health(await self.serve_details.get(), list(self.handles))
+        details, _ = await self.serve_details.get()
+        return fleet_health(details, list(self.handles))
 
     async def cold_start(self, model: str) -> bool:
         """Whether ``model`` is at zero replicas (or waking from it); if so, a wake-up call is sent (a request at a
@@ -112,7 +114,8 @@ class ServeBackend:
         if model not in self.scale_to_zero:
             return False
         try:
-            state = model_health(await self.serve_details.get(), model)["state"]
+            details, _ = await self.serve_details.get()
+            state = model_health(details, model)["state"]
         except Exception as exc:  # the controller did not answer: the call goes ahead and waits if it must
             log.warning("cold-start check for model %s failed: %r", model, exc)
             return False
@@ -239,6 +242,8 @@ class Router:
         configure_tracing("slmfleet-router")
         self.swappable = SwappableApp()  # not `app`: the ingress wrapper owns that name
         self.metrics = FleetMetrics(PriceBook({}), None)  # one set of counters for the replica's life
+        # the fleet's one shared store (created by the first replica): what every router replica must agree on
+        self.shared_state = FleetState.connect(os.environ.get(STATE_PATH_ENV))
         self.state: RouterState | None = None
 
     def reconfigure(self, config: dict[str, Any]) -> None:

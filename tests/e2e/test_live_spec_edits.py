@@ -32,6 +32,20 @@ print(json.dumps({
 """
 
 
+# A runtime registration, as the LoRA registry will make them: in the fleet's state actor, not in the spec.
+REGISTER_ADAPTER = r"""
+import json, sys
+import ray
+from deployments.fleet_state import STATE_ACTOR_NAME, STATE_NAMESPACE, read_runtime_state
+
+ray.init(address=sys.argv[1], logging_level="ERROR")
+if sys.argv[2] == "put":
+    state = ray.get_actor(STATE_ACTOR_NAME, namespace=STATE_NAMESPACE)
+    ray.get(state.put.remote("adapters", "intent-v2", {"description": "LoRA intent-v2 on smol"}))
+print(json.dumps(read_runtime_state()))
+"""
+
+
 def run(args, timeout=300):
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
     done = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False, env=env)
@@ -116,6 +130,22 @@ class SteadyTraffic:
             thread.join(300)
 
 
+def every_kind_of_change(base):
+    """The e2e spec with an engine edit, live edits of a model, a new model at zero replicas and a router edit."""
+    edited = copy.deepcopy(base)
+    edited["models"]["smol"]["engine"]["seed"] = 7  # an engine argument: smol's engine restarts
+    edited["models"]["smol"]["latency_objective_s"] = 5.0  # the replicas' user_config: live
+    edited["models"]["big"]["autoscaling"]["target_ongoing_requests"] = 3  # the controller's target: live
+    edited["models"]["spare"] = {**base["models"]["cold"], "max_model_len": 1024}  # a new app, at zero replicas
+    edited["specialists"]["greet"] = {"model": "smol", "instructions": "Greet the user.", "sampling": {"max_tokens": 8}}
+    return edited
+
+
+def runtime_state(address, action):
+    """The fleet's durable runtime state, after registering an adapter when ``action`` is "put"."""
+    return json.loads(run([sys.executable, "-c", REGISTER_ADAPTER, address, action]).strip().splitlines()[-1])
+
+
 def diff_json(spec, address):
     return json.loads(run([sys.executable, "-m", "cluster.cli", "diff", str(spec), "--address", address, "--json"]))
 
@@ -129,16 +159,15 @@ def test_each_kind_of_change_restarts_exactly_where_diff_says_and_loses_no_reque
     """One apply with an engine change (smol restarts), bound and objective edits (live), a router edit (live) and
     a new model (added at zero replicas); then one that removes it. Traffic to smol and big runs throughout."""
     address = fleet.ray_address()
-    base = yaml.safe_load(e2e_spec(tmp_path / "base.yaml").read_text())
-    edited = copy.deepcopy(base)
-    edited["models"]["smol"]["engine"]["seed"] = 7  # an engine argument: smol's engine restarts
-    edited["models"]["smol"]["latency_objective_s"] = 5.0  # the replicas' user_config: live
-    edited["models"]["big"]["autoscaling"]["target_ongoing_requests"] = 3  # the controller's target: live
-    edited["models"]["spare"] = {**base["models"]["cold"], "max_model_len": 1024}  # a new app, at zero replicas
-    edited["specialists"]["greet"] = {"model": "smol", "instructions": "Greet the user.", "sampling": {"max_tokens": 8}}
+    edited = every_kind_of_change(yaml.safe_load(e2e_spec(tmp_path / "base.yaml").read_text()))
     with_spare = write_spec(tmp_path / "with-spare.yaml", edited)
 
+    registered = runtime_state(address, "put")
+    assert registered["adapters"] == {"intent-v2": {"description": "LoRA intent-v2 on smol"}}
+
     diff = diff_json(with_spare, address)
+    kept = [(c["field"], c["after"]) for c in diff["changes"] if c["effect"] == "keep"]
+    assert kept == [("adapters:intent-v2", "LoRA intent-v2 on smol")], kept  # runtime state shows, and is kept
     assert diff["apps"]["restart"] == ["model-smol"], diff["apps"]
     assert diff["apps"]["add"] == ["model-spare"] and diff["apps"]["remove"] == []
     assert set(diff["apps"]["live"]) == {"model-smol", "model-big", "slmfleet"}, diff["apps"]
@@ -162,6 +191,8 @@ def test_each_kind_of_change_restarts_exactly_where_diff_says_and_loses_no_reque
     final = replica_ids(address)
     assert "model-spare/model-spare" not in final
     assert final == {k: v for k, v in after.items() if not k.startswith("model-spare")}
+
+    assert runtime_state(address, "read") == registered  # apply kept the registration
 
     statuses = traffic.statuses + more.statuses
     failed = [s for s in statuses if s[1] != 200]

@@ -66,7 +66,8 @@ def wait_for_health(fleet, want_status, within_s, smol_up):
     while time.monotonic() < deadline:
         try:
             resp = httpx.get(f"{fleet.url}/healthz", timeout=15)
-            if resp.status_code == want_status and (resp.json()["models"]["smol"]["state"] == "ready") is smol_up:
+            models = resp.json().get("models")  # absent when Serve's controller did not answer
+            if resp.status_code == want_status and models and (models["smol"]["state"] == "ready") is smol_up:
                 return resp.json()
         except httpx.HTTPError:
             pass

@@ -71,9 +71,29 @@ def test_details_are_fetched_once_per_ttl_for_any_number_of_probes():
     async def scenario():
         cache = ServeDetailsCache(fetch, clock=lambda: now[0])
         first = await asyncio.gather(*(cache.get() for _ in range(20)))
-        assert {d["n"] for d in first} == {1}
+        assert {d["n"] for d, _ in first} == {1}
         now[0] += 2.0
-        assert (await cache.get())["n"] == 2
+        assert (await cache.get()) == ({"n": 2}, 0.0)
+
+    asyncio.run(scenario())
+
+
+def test_a_slow_controller_gets_recent_details_then_an_error():
+    now, fail = [0.0], [False]
+
+    async def fetch():
+        if fail[0]:
+            raise TimeoutError
+        return {"ok": True}
+
+    async def scenario():
+        cache = ServeDetailsCache(fetch, clock=lambda: now[0])
+        await cache.get()
+        fail[0], now[0] = True, 20.0
+        assert await cache.get() == ({"ok": True}, 20.0)  # the controller is only the bookkeeper
+        now[0] = 31.0
+        with pytest.raises(TimeoutError):
+            await cache.get()
 
     asyncio.run(scenario())
 
