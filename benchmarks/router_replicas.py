@@ -72,11 +72,15 @@ def set_router_replicas(work: Path, address: str, replicas: int) -> None:
         raise SystemExit(f"apply failed:\n{done.stderr[-2000:]}")
 
 
-def ray_address(log: Path) -> str:
-    found = re.search(r"^Ray cluster: (\S+)", log.read_text(errors="replace"), re.MULTILINE)
-    if not found:
-        raise SystemExit(f"no Ray address in {log}")
-    return found.group(1)
+def ray_address(log: Path, within_s: float = 60) -> str:
+    """The fleet's Ray address from its ready message (printed just after /healthz may first answer)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        found = re.search(r"^Ray cluster: (\S+)", log.read_text(errors="replace"), re.MULTILINE)
+        if found:
+            return found.group(1)
+        time.sleep(0.5)
+    raise SystemExit(f"no Ray address in {log}")
 
 
 def main() -> None:
