@@ -71,12 +71,15 @@ def _failed(status: object) -> bool:
 
 
 def attach(address: str) -> None:
-    """Join a running fleet's Ray as a driver (a local `slmfleet up` cluster uses Ray's token auth)."""
+    """Join a running fleet's Ray as a driver (a local `slmfleet up` cluster uses Ray's token auth).
+
+    The auth mode is set before Ray is imported: Ray reads its ``RAY_*`` settings once, at import.
+    """
     import os
 
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
     ray.init(address=address, logging_level="ERROR", log_to_driver=False)
 
 

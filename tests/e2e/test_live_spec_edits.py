@@ -46,11 +46,18 @@ print(json.dumps(read_runtime_state()))
 """
 
 
-def run(args, timeout=300):
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+def run(args, timeout=300, env=None):
+    """A driver script joins the fleet's Ray with the token auth it uses (``ray.init`` alone does not)."""
+    env = env or {**os.environ, "RAY_AUTH_MODE": "token"}
     done = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
+
+
+def cli(*args):
+    """``slmfleet ...`` as a user runs it: in the user's environment, with nothing about Ray's auth set."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    return run([sys.executable, "-m", "cluster.cli", *args], env=env)
 
 
 def replica_ids(address):
@@ -81,13 +88,13 @@ def test_a_specialist_price_and_queue_bound_apply_live_with_no_replica_restart(f
 
     address, spec = fleet.ray_address(), str(edited_spec(tmp_path / "edited.yaml"))
     before = replica_ids(address)
-    diff = run([sys.executable, "-m", "cluster.cli", "diff", spec, "--address", address])
+    diff = cli("diff", spec, "--address", address)
     assert "0 app(s) restart replicas" in diff and "! restart" not in diff, diff  # every change is live
     assert "user_config.spec.specialists.yes-no" in diff and "max_queued_requests: 32 -> 40" in diff, diff
 
     caller = threading.Thread(target=long_call)
     caller.start()
-    run([sys.executable, "-m", "cluster.cli", "apply", spec, "--address", address])
+    cli("apply", spec, "--address", address)
     caller.join(300)
     assert replica_ids(address) == before, "a replica was restarted by a live edit"
     assert before["slmfleet/router"] and before["model-smol/model-smol"]
@@ -147,7 +154,7 @@ def runtime_state(address, action):
 
 
 def diff_json(spec, address):
-    return json.loads(run([sys.executable, "-m", "cluster.cli", "diff", str(spec), "--address", address, "--json"]))
+    return json.loads(cli("diff", str(spec), "--address", address, "--json"))
 
 
 def write_spec(path, data):
@@ -174,7 +181,7 @@ def test_each_kind_of_change_restarts_exactly_where_diff_says_and_loses_no_reque
 
     before = replica_ids(address)
     with SteadyTraffic(fleet.url, ["smol", "big"]) as traffic:
-        run([sys.executable, "-m", "cluster.cli", "apply", str(with_spare), "--address", address])
+        cli("apply", str(with_spare), "--address", address)
     after = replica_ids(address)
     assert set(after["model-smol/model-smol"]).isdisjoint(before["model-smol/model-smol"])  # restarted, as said
     for unchanged in ("slmfleet/router", "model-big/model-big"):
@@ -187,7 +194,7 @@ def test_each_kind_of_change_restarts_exactly_where_diff_says_and_loses_no_reque
     diff = diff_json(removed, address)
     assert diff["apps"]["remove"] == ["model-spare"] and diff["apps"]["restart"] == [], diff["apps"]
     with SteadyTraffic(fleet.url, ["smol"]) as more:
-        run([sys.executable, "-m", "cluster.cli", "apply", str(removed), "--address", address])
+        cli("apply", str(removed), "--address", address)
     final = replica_ids(address)
     assert "model-spare/model-spare" not in final
     assert final == {k: v for k, v in after.items() if not k.startswith("model-spare")}
