@@ -19,6 +19,17 @@ import yaml
 from tests.ports import free_port  # ports outside the ephemeral range, which Ray's own processes cannot take
 
 ROOT = Path(__file__).resolve().parents[1]
+# Short chat prompts the serving benchmarks share, so their figures are of the same work.
+PROMPTS = [
+    "Summarise: the order shipped on Monday and arrives Friday.",
+    "What is the capital of France?",
+    "Name three primary colours.",
+    "Translate 'good morning' into Spanish.",
+    "Give one tip for writing clear emails.",
+    "What is 12 times 12?",
+    "Describe a cat in one sentence.",
+    "Why is the sky blue? One sentence.",
+]
 
 
 def small_spec(path: Path, pipelines: dict | None = None) -> Path:

@@ -17,21 +17,11 @@ import time
 
 import httpx
 
-from benchmarks.common import running_fleet, summary
+from benchmarks.common import PROMPTS, running_fleet, summary
 
 # Per request: client latency minus the engine time the model replica measured: HTTP, proxy, router and handle
 # hops alone, free of the run-to-run drift of the engine's own speed.
 ROUTER_OWN_TIME: dict[int, list[float]] = {}
-PROMPTS = [
-    "Summarise: the order shipped on Monday and arrives Friday.",
-    "What is the capital of France?",
-    "Name three primary colours.",
-    "Translate 'good morning' into Spanish.",
-    "Give one tip for writing clear emails.",
-    "What is 12 times 12?",
-    "Describe a cat in one sentence.",
-    "Why is the sky blue? One sentence.",
-]
 
 
 async def run_router(url: str, prompts: list[str], concurrency: int, max_tokens: int) -> tuple[float, list[float]]:

@@ -68,7 +68,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from benchmarks.common import ROOT, percentile
+from benchmarks.common import PROMPTS, ROOT, percentile
 from tests.ports import free_port
 
 HOST = "127.0.0.1"
@@ -76,16 +76,6 @@ MODEL = "smol"
 PEER_PREFIX = "/peer"
 SIDES = ("slm-fleet", "peer")
 MAX_TOKENS = 64
-PROMPTS = [
-    "Summarise: the order shipped on Monday and arrives Friday.",
-    "What is the capital of France?",
-    "Name three primary colours.",
-    "Translate 'good morning' into Spanish.",
-    "Give one tip for writing clear emails.",
-    "What is 12 times 12?",
-    "Describe a cat in one sentence.",
-    "Why is the sky blue? One sentence.",
-]
 FULL = {"chat": {1: 8, 8: 32, 32: 64}, "agent": {1: 4, 8: 16}}  # requests (chat) or tasks (agent) per level
 QUICK = {"chat": {1: 3, 8: 8}, "agent": {1: 2, 8: 8}}
 

@@ -45,11 +45,12 @@ from typing import Any
 import pytest
 
 from cluster.autoscaling_policy import OBJECTIVE_METRIC, WAIT_METRIC
-from cluster.deploy_options import deployment_options, engine_overrides, node_resources, pool_resource
+from cluster.deploy_options import deployment_options, engine_overrides, pool_resource
 from cluster.placement import Plan, plan_fleet
 from cluster.render.common import model_deployment_name
 from cluster.spec import FleetSpec, ModelSpec, load_spec
 from deployments.placement_probe import PlacementProbe, replica_placement
+from tests.integration.simulated_cluster import simulated_cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 real_engine = pytest.mark.skipif(find_spec("vllm") is None, reason="the real SmolLM2 engine needs vLLM (cpu extra)")
@@ -59,8 +60,6 @@ POOL = "l4"
 RAMP = "ramp"  # light stand-ins
 REAL = "smol"  # real engines, min_replicas 0
 L4_NODE = {"num_cpus": 12, "num_gpus": 4, "accelerator": "L4"}
-NO_PRESTART = {"enable_worker_prestart": False, "prestart_worker_first_driver": False}
-MIB = 1024**2
 EPS = 1e-6
 
 CADENCE = {"metrics_interval_s": 0.5, "look_back_period_s": 2.0}
@@ -158,41 +157,14 @@ def plan(spec: FleetSpec) -> Plan:
 @pytest.fixture(scope="module")
 def cluster(module_clock: float) -> Any:
     """Head without GPUs + one L4 node with 4 logical GPUs and the pool resource; Serve without an HTTP proxy."""
-    import ray
-    from ray import cloudpickle, serve
-    from ray.cluster_utils import Cluster
+    from ray import cloudpickle
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the stand-in lives here, not in the package
-    sim = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 2,
-            "num_gpus": 0,
-            "include_dashboard": False,
-            "object_store_memory": 128 * MIB,
-            "_system_config": NO_PRESTART,
-        },
-    )
     try:
-        sim.add_node(
-            num_cpus=L4_NODE["num_cpus"],
-            num_gpus=L4_NODE["num_gpus"],
-            resources={f"accelerator_type:{L4_NODE['accelerator']}": 1, **node_resources(POOL)},
-            object_store_memory=128 * MIB,
-        )
-        sim.wait_for_nodes()
-        ray.init(address=sim.address)
-        serve.start(proxy_location="Disabled")
-    except BaseException:
-        sim.shutdown()
-        raise
-    print(f"\nRay session: {sim.head_node.get_session_dir_path()}")
-    yield sim
-    try:
-        serve.shutdown()
+        with simulated_cluster({POOL: L4_NODE}) as sim:
+            print(f"\nRay session: {sim.head_node.get_session_dir_path()}")
+            yield sim
     finally:
-        ray.shutdown()
-        sim.shutdown()
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 

@@ -18,10 +18,11 @@ from typing import Any
 
 import pytest
 
-from cluster.deploy_options import autoscaling_config, engine_overrides, node_resources, pool_resource
+from cluster.deploy_options import autoscaling_config, engine_overrides, pool_resource
 from cluster.model_store import resolve_source
 from cluster.placement import Plan, plan_fleet
 from cluster.spec import FleetSpec, load_spec
+from tests.integration.simulated_cluster import simulated_cluster
 
 pytestmark = [
     pytest.mark.integration,
@@ -33,12 +34,10 @@ SPEC_PATH = Path(__file__).parent / "specs" / "simulated_cluster.yaml"
 REAL_ENGINES = ("smol-a", "smol-b")  # at most two real engines: ~3 GB of RAM each
 SCALED_MODEL = "qwen-0-5b"
 EPS = 1e-6
-MIB = 1024**2
 SIMULATED_NODES: dict[str, dict[str, Any]] = {
     "l4": {"num_cpus": 12, "num_gpus": 4, "accelerator": "L4"},
     "h100": {"num_cpus": 4, "num_gpus": 8, "accelerator": "H100"},
 }
-NO_PRESTART = {"enable_worker_prestart": False, "prestart_worker_first_driver": False}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -58,40 +57,8 @@ def plan(spec: FleetSpec) -> Plan:
 @pytest.fixture(scope="module")
 def cluster() -> Any:
     """Head + L4 node + H100 node with logical GPUs; Serve without an HTTP proxy (no port to collide on)."""
-    import ray
-    from ray import serve
-    from ray.cluster_utils import Cluster
-
-    sim = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 2,
-            "num_gpus": 0,
-            "include_dashboard": False,
-            "object_store_memory": 128 * MIB,
-            "_system_config": NO_PRESTART,
-        },
-    )
-    try:
-        for pool, node in SIMULATED_NODES.items():
-            sim.add_node(
-                num_cpus=node["num_cpus"],
-                num_gpus=node["num_gpus"],
-                resources={f"accelerator_type:{node['accelerator']}": 1, **node_resources(pool)},
-                object_store_memory=128 * MIB,
-            )
-        sim.wait_for_nodes()
-        ray.init(address=sim.address)
-        serve.start(proxy_location="Disabled")
-    except BaseException:
-        sim.shutdown()
-        raise
-    yield sim
-    try:
-        serve.shutdown()
-    finally:
-        ray.shutdown()
-        sim.shutdown()
+    with simulated_cluster(SIMULATED_NODES) as sim:
+        yield sim
 
 
 @pytest.fixture(scope="module")
