@@ -10,14 +10,9 @@ import sys
 
 import pytest
 
-from deployments import fleet_state
-from deployments.fleet_state import (
-    DURABLE_NAMESPACES,
-    SWEEP_INTERVAL_S,
-    Consumed,
-    FleetState,
-    FleetStateCore,
-)
+from deployments import fleet_state_core
+from deployments.fleet_state import FleetState
+from deployments.fleet_state_core import DURABLE_NAMESPACES, SWEEP_INTERVAL_S, Consumed, FleetStateCore
 
 
 class Clock:
@@ -212,7 +207,7 @@ def test_durable_write_persists_atomically_and_reloads(tmp_path, clock):
 def test_non_durable_writes_never_touch_the_disk(tmp_path, monkeypatch):
     path = tmp_path / "fleet-state.json"
     store = FleetStateCore(path)
-    monkeypatch.setattr(fleet_state.os, "replace", lambda *_: pytest.fail("disk touched"))
+    monkeypatch.setattr(fleet_state_core.os, "replace", lambda *_: pytest.fail("disk touched"))
     store.put("idempotency", "k", "v", ttl_s=60)
     store.put_if_absent("idempotency", "j", "v")
     store.consume("quota", "key-a", 1, limit=10, window_s=60)
@@ -229,7 +224,7 @@ def test_failed_durable_write_changes_nothing(tmp_path, monkeypatch):
     def broken_replace(*_):
         raise OSError("disk full")
 
-    monkeypatch.setattr(fleet_state.os, "replace", broken_replace)
+    monkeypatch.setattr(fleet_state_core.os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
         store.put("adapters", "a2", "v2")
     assert path.read_text() == before
@@ -261,7 +256,7 @@ def test_corrupt_file_is_kept_aside_and_the_store_starts_empty(tmp_path, caplog,
         path.write_bytes(content)
     else:
         path.write_text(content)
-    with caplog.at_level(logging.WARNING, logger="deployments.fleet_state"):
+    with caplog.at_level(logging.WARNING, logger="deployments.fleet_state_core"):
         store = FleetStateCore(path)
     assert store.snapshot() == {"adapters": {}, "promotions": {}}
     assert "unreadable" in caplog.text
