@@ -43,8 +43,9 @@ class BatchSlots:
             await self._free.acquire()
         finally:
             del self._waiting_since[id(ticket)]
-        waited = self._clock() - start
-        self._waits.append((self._clock(), waited))
+        now = self._clock()
+        waited = now - start
+        self._waits.append((now, waited))
         try:
             yield waited
         finally:

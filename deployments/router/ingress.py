@@ -58,7 +58,8 @@ class ServeBackend:
         self.handles = handles
         self.specialists = specialists or {}
         self.metrics = metrics  # its price book also takes in each replica's measured throughput
-        self.serve_details = ServeDetailsCache(_serve_instance_details)
+        self.serve_details = ServeDetailsCache(self._serve_instance_details)
+        self._controller: Any = None  # Serve's controller actor, looked up once (a GCS call) on first use
         self.scale_to_zero = scale_to_zero
         self._wakes: dict[str, asyncio.Task[None]] = {}
 
@@ -125,6 +126,14 @@ class ServeBackend:
             self._wakes[model] = asyncio.create_task(self._wake(model))
         return True
 
+    async def _serve_instance_details(self) -> dict[str, Any]:
+        """Serve's own view of every app, deployment and replica, from its controller actor."""
+        if self._controller is None:
+            from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+            self._controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        return await self._controller.get_serve_instance_details.remote()
+
     async def _wake(self, model: str) -> None:
         try:
             await asyncio.wait_for(self.handles[model].wake.remote(), WAKE_TIMEOUT_S)
@@ -150,14 +159,6 @@ class ServeBackend:
             log.warning("model %s answered from a dead engine; retrying once on any live replica", model)
             await asyncio.sleep(RETRY_DELAY_S)
         raise AssertionError("unreachable")
-
-
-async def _serve_instance_details() -> dict[str, Any]:
-    """Serve's own view of every app, deployment and replica, from its controller actor."""
-    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
-
-    controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
-    return await controller.get_serve_instance_details.remote()
 
 
 def api_keys_from_env(spec: FleetSpec) -> frozenset[str]:
