@@ -85,6 +85,9 @@ class ToolSpec(_StrictModel):
     url: str | None = Field(None, pattern=r"^https?://", description="POSTed the arguments as a JSON object")
     args_schema: dict[str, Any] = Field(description="JSON schema (type: object) of the arguments")
     timeout_s: float = Field(10.0, gt=0, le=600)
+    max_concurrency: int = Field(
+        4, ge=1, le=256, description="threads of a sync python tool; calls beyond wait within timeout_s"
+    )
 
     @model_validator(mode="after")
     def _one_target(self) -> ToolSpec:

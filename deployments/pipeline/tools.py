@@ -1,8 +1,11 @@
 """Tools that pipeline steps call: Python callables by import path, and HTTP endpoints taking a JSON object.
 
 Every tool is wrapped once, at registration, into one async shape (``async (args) -> output``), so the runner
-never asks whether a tool is sync or async. Sync callables run in a worker thread so a slow lookup does not
-stall the event loop (on timeout the thread is abandoned, not killed: Python cannot kill threads).
+never asks whether a tool is sync or async. Sync callables run on their own tool's bounded thread pool
+(``ToolSpec.max_concurrency`` threads) so a slow lookup does not stall the event loop; on timeout the thread is
+abandoned, not killed (Python cannot kill threads), and the stuck calls of one tool can only use up that tool's
+threads, never another tool's. HTTP tools are given their own ``timeout_s`` (httpx's default of 5 s would win
+otherwise).
 
 A call never raises for the tool's sake: bad arguments, a timeout, an exception, an HTTP error status or an
 output that is not JSON all come back as a :class:`ToolResult` with ``error`` set (and are logged), so the
@@ -18,6 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +35,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 ToolCall = Callable[[dict[str, Any]], Awaitable[Any]]
+DEFAULT_TOOL_THREADS = 4
 
 
 class ToolLoadError(ValueError):
@@ -74,8 +79,12 @@ def import_callable(path: str) -> Callable[..., Any]:
     return target
 
 
-def python_call(func: Callable[..., Any]) -> ToolCall:
-    """Wrap a sync or async callable as ``async (args) -> output``; arguments are passed as keywords."""
+def python_call(func: Callable[..., Any], max_concurrency: int = DEFAULT_TOOL_THREADS) -> ToolCall:
+    """Wrap a sync or async callable as ``async (args) -> output``; arguments are passed as keywords.
+
+    A sync callable gets a pool of ``max_concurrency`` threads of its own: calls beyond it wait for a thread
+    (inside the tool's timeout), and stuck calls cannot starve other tools.
+    """
     if inspect.iscoroutinefunction(func):
 
         async def call_async(args: dict[str, Any]) -> Any:
@@ -83,18 +92,21 @@ def python_call(func: Callable[..., Any]) -> ToolCall:
 
         return call_async
 
+    name = getattr(func, "__name__", "tool")
+    threads = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix=f"tool-{name}")
+
     async def call_in_thread(args: dict[str, Any]) -> Any:
-        output = await asyncio.to_thread(func, **args)
+        output = await asyncio.get_running_loop().run_in_executor(threads, lambda: func(**args))
         return await output if inspect.isawaitable(output) else output
 
     return call_in_thread
 
 
-def http_call(url: str, client: Callable[[], httpx.AsyncClient]) -> ToolCall:
-    """POST the arguments as JSON; a 2xx JSON body is the output, anything else an error."""
+def http_call(url: str, client: Callable[[], httpx.AsyncClient], timeout_s: float) -> ToolCall:
+    """POST the arguments as JSON within ``timeout_s``; a 2xx JSON body is the output, anything else an error."""
 
     async def call(args: dict[str, Any]) -> Any:
-        response = await client().post(url, json=args)
+        response = await client().post(url, json=args, timeout=timeout_s)
         if response.status_code >= 300:  # noqa: PLR2004 - HTTP success range
             raise RuntimeError(f"HTTP {response.status_code} from {url}: {response.text[:200]}")
         try:
@@ -132,9 +144,9 @@ class ToolRegistry:
 
     def _from_tool_spec(self, name: str, tool: ToolSpec) -> Tool:
         if tool.python is not None:
-            call = python_call(import_callable(tool.python))
+            call = python_call(import_callable(tool.python), tool.max_concurrency)
         else:
-            call = http_call(str(tool.url), self._http_client)
+            call = http_call(str(tool.url), self._http_client, tool.timeout_s)
         return Tool(name, call, tool.args_schema, tool.timeout_s, tool.description)
 
     def register(self, tool: Tool) -> None:

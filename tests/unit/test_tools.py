@@ -137,6 +137,49 @@ async def _python_and_http_tools():
     await reg.aclose()
 
 
+def test_http_tools_are_given_their_own_timeout_not_httpx_default():
+    asyncio.run(_http_timeouts())
+
+
+async def _http_timeouts():
+    timeouts = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        timeouts.append(request.extensions["timeout"])
+        return httpx.Response(200, json={})
+
+    spec = spec_with_tools(
+        {"slow-api": {"url": "http://tools.test/x", "args_schema": {"type": "object"}, "timeout_s": 45}}
+    )
+    reg = ToolRegistry.from_spec(spec, http_client=httpx.AsyncClient(transport=httpx.MockTransport(handler)))
+    assert (await reg.call("slow-api", {})).ok
+    assert timeouts == [{"connect": 45, "read": 45, "write": 45, "pool": 45}]
+    await reg.aclose()
+
+
+def test_stuck_sync_calls_of_one_tool_do_not_starve_another_tool():
+    release = threading.Event()
+
+    def stuck(order_id: str) -> dict:
+        release.wait(30)
+        return {}
+
+    reg = registry(stuck=stuck, lookup=sync_lookup)
+
+    async def scenario():
+        # far more stuck calls than the default executor has threads (min(32, cores + 4))
+        stuck_results = await asyncio.gather(*(reg.call("stuck", {"order_id": "x"}) for _ in range(40)))
+        return stuck_results, await reg.call("lookup", {"order_id": "A1"})
+
+    try:
+        stuck_results, lookup = asyncio.run(scenario())
+    finally:
+        release.set()
+    assert all(r.error == "timed out after 0.2s" for r in stuck_results)
+    assert lookup.ok, lookup.error
+    assert lookup.output["thread"].startswith("tool-sync_lookup")
+
+
 def test_registry_from_spec_fails_fast_on_a_bad_import_path():
     spec = spec_with_tools({"t": {"python": "deployments.demo_tools:missing", "args_schema": ARGS}})
     with pytest.raises(ToolLoadError, match=r"deployments\.demo_tools:missing"):
