@@ -18,6 +18,7 @@ import pytest
 import yaml
 from openai import OpenAI
 
+from tests.e2e.tool_gate import ToolGate
 from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,11 +66,12 @@ def wait_until_healthy(fleet: Fleet) -> None:
     pytest.fail(f"the fleet did not become healthy in {START_TIMEOUT_S} s:\n{fleet.log_tail()}")
 
 
-def e2e_spec(path: Path) -> Path:
+def e2e_spec(path: Path, gate_url: str) -> Path:
     """The default fleet plus test pipelines: the demo forced to escalate, the demo with a short step timeout,
     a lookup of a given order, and a parallel fan-out (two specialists at once, then a reply reading both); a
-    specialist whose every chat call escalates; and a scale-to-zero model, ``cold`` (SmolLM2 again, starting at
-    zero replicas, back to zero after 10 idle seconds), with ``extract-cold``, the extract specialist on it."""
+    specialist whose every chat call escalates; a scale-to-zero model, ``cold`` (SmolLM2 again, starting at
+    zero replicas, back to zero after 10 idle seconds), with ``extract-cold``, the extract specialist on it; and
+    ``gated-failover``, classify and reply on smol with a test-controlled tool step (``gate``) between them."""
     spec = yaml.safe_load((ROOT / "fleet.yaml").read_text())
     demo = copy.deepcopy(spec["pipelines"]["support-triage"])
     demo["escalation"]["min_confidence"] = 1.0  # no answer is that sure: every model step escalates
@@ -96,6 +98,16 @@ def e2e_spec(path: Path) -> Path:
     cold["autoscaling"] = {"min_replicas": 0, "max_replicas": 1, "idle_delay_s": 10, "downscale_delay_s": 0}
     spec["models"]["cold"] = cold
     spec["specialists"]["extract-cold"] = {**copy.deepcopy(spec["specialists"]["extract"]), "model": "cold"}
+    spec["tools"]["gate"] = {"url": gate_url, "args_schema": {"type": "object"}, "timeout_s": 120}
+    spec["pipelines"]["gated-failover"] = {
+        "escalation": failover["escalation"],
+        "step_timeout_s": 20,
+        "steps": {
+            "classify": {"specialist": "intent", "input": "{{ input.message }}"},
+            "gate": {"tool": "gate", "args": {}},
+            "reply": {"specialist": "support-reply", "input": "{{ input.message }}"},
+        },
+    }
     spec["pipelines"]["lookup-order"] = {
         "steps": {"lookup": {"tool": "order-status", "args": {"order_id": "{{ input.order_id }}"}}},
     }
@@ -103,9 +115,9 @@ def e2e_spec(path: Path) -> Path:
     return path
 
 
-def start_fleet(work: Path) -> Fleet:
+def start_fleet(work: Path, gate: ToolGate) -> Fleet:
     """``slmfleet up`` on free ports, retried when a port is taken in the moment between choosing and binding."""
-    spec, trace_file = e2e_spec(work / "fleet.yaml"), work / "spans.jsonl"
+    spec, trace_file = e2e_spec(work / "fleet.yaml", gate.url), work / "spans.jsonl"
     env = {**os.environ, "SLMFLEET_TRACE_FILE": str(trace_file), "PYTHONUNBUFFERED": "1"}
     for attempt in range(3):
         port, metrics_port, log = free_port(), free_port(), work / f"fleet-{attempt}.log"
@@ -138,8 +150,17 @@ def stop(fleet: Fleet) -> None:
 
 
 @pytest.fixture(scope="package")
-def fleet(tmp_path_factory) -> Iterator[Fleet]:
-    running = start_fleet(tmp_path_factory.mktemp("fleet"))
+def gate() -> Iterator[ToolGate]:
+    server = ToolGate()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="package")
+def fleet(tmp_path_factory, gate: ToolGate) -> Iterator[Fleet]:
+    running = start_fleet(tmp_path_factory.mktemp("fleet"), gate)
     try:
         yield running
     finally:

@@ -64,9 +64,9 @@ def replica_ids(address):
     return json.loads(run([sys.executable, "-c", REPLICA_IDS, address]).strip().splitlines()[-1])
 
 
-def edited_spec(path):
+def edited_spec(path, gate_url):
     """The fleet's own spec plus a new specialist, a new price and a larger queue bound on smol."""
-    data = yaml.safe_load(e2e_spec(path).read_text())
+    data = yaml.safe_load(e2e_spec(path, gate_url).read_text())
     data["specialists"]["yes-no"] = {
         "model": "smol",
         "instructions": "Answer the question with yes or no.",
@@ -79,14 +79,14 @@ def edited_spec(path):
     return path
 
 
-def test_a_specialist_price_and_queue_bound_apply_live_with_no_replica_restart(fleet, tmp_path):
+def test_a_specialist_price_and_queue_bound_apply_live_with_no_replica_restart(fleet, gate, tmp_path):
     in_flight = {}
 
     def long_call():
         body = {"model": "smol", "messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 96}
         in_flight["response"] = httpx.post(f"{fleet.url}/v1/chat/completions", json=body, timeout=300)
 
-    address, spec = fleet.ray_address(), str(edited_spec(tmp_path / "edited.yaml"))
+    address, spec = fleet.ray_address(), str(edited_spec(tmp_path / "edited.yaml", gate.url))
     before = replica_ids(address)
     diff = cli("diff", spec, "--address", address)
     assert "0 app(s) restart replicas" in diff and "! restart" not in diff, diff  # every change is live
@@ -162,11 +162,11 @@ def write_spec(path, data):
     return path
 
 
-def test_each_kind_of_change_restarts_exactly_where_diff_says_and_loses_no_request(fleet, tmp_path):
+def test_each_kind_of_change_restarts_exactly_where_diff_says_and_loses_no_request(fleet, gate, tmp_path):
     """One apply with an engine change (smol restarts), bound and objective edits (live), a router edit (live) and
     a new model (added at zero replicas); then one that removes it. Traffic to smol and big runs throughout."""
     address = fleet.ray_address()
-    edited = every_kind_of_change(yaml.safe_load(e2e_spec(tmp_path / "base.yaml").read_text()))
+    edited = every_kind_of_change(yaml.safe_load(e2e_spec(tmp_path / "base.yaml", gate.url).read_text()))
     with_spare = write_spec(tmp_path / "with-spare.yaml", edited)
 
     registered = runtime_state(address, "put")

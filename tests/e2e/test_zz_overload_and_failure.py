@@ -2,7 +2,6 @@
 engine and deletes a model's app on purpose."""
 
 import asyncio
-import json
 import os
 import subprocess
 import sys
@@ -112,13 +111,9 @@ print("deleted", flush=True)
 """
 
 
-def sse_events(response):
-    for line in response.iter_lines():
-        if line.startswith("data:"):
-            yield json.loads(line[len("data:") :])
-
-
-def test_deleting_a_models_deployment_mid_run_makes_its_steps_escalate_not_fail(fleet):
+def test_deleting_a_models_deployment_mid_run_makes_its_steps_escalate_not_fail(fleet, gate):
+    """classify runs on smol; the gate step deletes smol's app and returns once it is gone; reply then finds no
+    smol and escalates. The gate orders the deletion between the two model steps, so nothing races."""
     deleter = subprocess.Popen(
         [sys.executable, "-c", DELETE_APP_WHEN_TOLD, fleet.ray_address(), "model-smol"],
         stdin=subprocess.PIPE,
@@ -126,33 +121,30 @@ def test_deleting_a_models_deployment_mid_run_makes_its_steps_escalate_not_fail(
         text=True,
         env={**os.environ, "RAY_AUTH_MODE": "token"},
     )
+    deleted = []
+
+    def delete_smol() -> None:
+        deleter.stdin.write("go\n")
+        deleter.stdin.flush()
+        deleted.append(deleter.stdout.readline().strip())
+
     try:
         assert deleter.stdout.readline().strip() == "attached", "could not attach a driver to the fleet's Ray"
-        steps, final = {}, None
-        body = {"inputs": {"message": "Where is my order A1001? I want a refund."}, "stream": True}
-        with httpx.stream("POST", f"{fleet.url}/v1/pipelines/triage-failover/runs", json=body, timeout=300) as resp:
-            for event in sse_events(resp):
-                if event["type"] == "step_finished":
-                    steps[event["step"]] = event["data"]
-                    if event["step"] == "classify":  # smol served the first step; now its deployment goes
-                        deleter.stdin.write("go\n")
-                        deleter.stdin.flush()
-                elif event["type"] == "pipeline_finished":
-                    final = event["data"]
-        assert deleter.stdout.readline().strip() == "deleted"
+        gate.on_call = delete_smol
+        body = {"inputs": {"message": "Where is my order A1001? I want a refund."}}
+        result = httpx.post(f"{fleet.url}/v1/pipelines/gated-failover/runs", json=body, timeout=300).json()
         assert deleter.wait(60) == 0
     finally:
+        gate.on_call = lambda: None
         deleter.kill()
 
-    assert final is not None and final["status"] == "ok", final
+    assert deleted == ["deleted"]
+    assert result["status"] == "ok", result
+    steps = {s["name"]: s for s in result["steps"]}
     assert steps["classify"]["model"] == "smol" and steps["classify"]["escalations"] == []
-    later = [s for name, s in steps.items() if s["kind"] == "specialist" and name != "classify"]
-    assert later and all(s["status"] == "ok" for s in later), later
-    escalated = [s for s in later if s["escalations"]]
-    assert escalated, f"no step after the deletion escalated: {[(s['name'], s['model']) for s in later]}"
-    for step in escalated:
-        assert step["model"] == "big"
-        assert [e["reason"] for e in step["escalations"]] == ["unavailable"]
+    assert steps["gate"]["status"] == "ok", steps["gate"]
+    assert steps["reply"]["status"] == "ok" and steps["reply"]["model"] == "big", steps["reply"]
+    assert [e["reason"] for e in steps["reply"]["escalations"]] == ["unavailable"]
 
     health = httpx.get(f"{fleet.url}/healthz", timeout=15)
     states = {name: report["state"] for name, report in health.json()["models"].items()}
