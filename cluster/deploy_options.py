@@ -19,7 +19,6 @@ POOL_RESOURCE_PREFIX = "slmfleet-pool-"
 POOL_RESOURCE_AMOUNT = 10_000  # a node may host up to this many replicas; GPUs are the real limit
 REPLICA_POOL_UNITS = 1
 REPLICA_NUM_CPUS = 1
-ONGOING_PER_SEQ = 2  # max_ongoing_requests = concurrent_seqs x this: one batch decoding, one waiting in the engine
 
 
 def pool_resource(pool_name: str) -> str:
@@ -44,7 +43,10 @@ def deployment_options(plan: Plan, spec: FleetSpec, model_name: str) -> dict[str
     options: dict[str, Any] = {
         "ray_actor_options": _actor_options(placement.kind, placement.share, placement.tensor_parallel),
         "autoscaling_config": autoscaling_config(model),
-        "max_ongoing_requests": model.concurrent_seqs * ONGOING_PER_SEQ,
+        # every request reaches a replica at once, so its admission (which sees every router's requests) decides:
+        # a batch, max_queued_requests waiting, as many again on their way out refused. Serve's queue at the
+        # handles then holds requests only while no replica can take them (starting, or waking from zero)
+        "max_ongoing_requests": model.concurrent_seqs + 2 * model.max_queued_requests,
         "max_queued_requests": model.max_queued_requests,
         "user_config": model_user_config(model),
     }
@@ -91,8 +93,9 @@ def autoscaling_config(model: ModelSpec) -> dict[str, Any]:
 
 
 def model_user_config(model: ModelSpec) -> dict[str, Any]:
-    """What a model replica takes live (``reconfigure()``): its latency objective, which it reports to the policy."""
-    return {"latency_objective_s": model.latency_objective_s}
+    """What a model replica takes live (``reconfigure()``): its latency objective (admission and the autoscaling
+    policy judge the queue wait by it) and its queue bound (admission's hard ceiling)."""
+    return {"latency_objective_s": model.latency_objective_s, "max_queued_requests": model.max_queued_requests}
 
 
 LOCAL_ROUTER_REPLICAS = (1, 1)

@@ -135,6 +135,17 @@ def decide(
     return Verdict("accept", parsed=check.parsed)
 
 
+CAPACITY_KINDS = frozenset({"overloaded", "cold_start"})
+"""Errors that say a model is short of capacity, not broken: escalating them moves load onto the LLM tier, which
+the LLM-tier budget caps (``deployments/router/escalation_budget.py``)."""
+
+
+def is_capacity_escalation(outcome: CallOutcome) -> bool:
+    """Whether escalating ``outcome`` would hand the LLM tier load a small model had no room for."""
+    error = outcome.result.error if outcome.result is not None else None
+    return error is not None and error.kind in CAPACITY_KINDS
+
+
 def _unavailable(outcome: CallOutcome) -> str | None:
     if outcome.failure is not None:
         return outcome.failure

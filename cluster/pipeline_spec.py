@@ -226,6 +226,14 @@ class PipelineSpec(_StrictModel):
     )
     escalation: EscalationPolicy = EscalationPolicy()
     step_timeout_s: float = Field(60.0, gt=0, le=3600, description="per model call, unless a step sets timeout_s")
+    latency_objective_s: float | None = Field(
+        None,
+        gt=0,
+        le=3600,
+        description="the run's deadline: each model call gets what remains of it, as its time limit and as its "
+        "budget for waiting in a model's queue (a model that cannot start it in time refuses at once, and the "
+        "step escalates or fails fast); unset: only step timeouts apply",
+    )
 
     @field_validator("output")
     @classmethod

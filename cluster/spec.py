@@ -78,7 +78,10 @@ class ModelSpec(StrictModel):
     tensor_parallel: int | None = Field(None, ge=1)
     pool: str | None = None
     max_queued_requests: int = Field(
-        32, ge=1, description="requests waiting per replica beyond concurrent_seqs before a fast 503"
+        32,
+        ge=1,
+        description="at most this many requests wait per replica beyond concurrent_seqs (a hard ceiling "
+        "under the latency objective)",
     )
     price_per_1k_tokens: float | None = Field(
         None, ge=0, description="declared price; else derived from the pool's GPU-hour price (cluster/cost.py)"
@@ -86,8 +89,15 @@ class ModelSpec(StrictModel):
     latency_objective_s: float | None = Field(
         None,
         gt=0,
-        description="how long a request may wait at this model for a place in its engine's batch; autoscaling adds "
-        "replicas when the measured wait (p90) is above it. Unset: scale on load alone",
+        description="how long a request may wait at this model for a place in its engine's batch: a replica refuses "
+        "(503 + Retry-After) a request whose expected wait is longer, and autoscaling adds replicas when the measured "
+        "wait (p90) is above it. Unset: 10 s",
+    )
+    capacity_escalations_per_min: int = Field(
+        60,
+        ge=0,
+        description="llm tier: steps escalated to this model because a small model was overloaded or waking, per "
+        "minute across all routers; beyond it they get a fast 503 instead (contract escalations are not counted)",
     )
     autoscaling: AutoscalingSpec = AutoscalingSpec()
     engine: EngineSpec = EngineSpec()
@@ -156,6 +166,12 @@ class SpecialistSpec(StrictModel):
     escalation: EscalationPolicy | None = Field(
         None, description="chat calls to this specialist escalate by this policy, like a one-step pipeline"
     )
+    latency_objective_s: float | None = Field(
+        None,
+        gt=0,
+        description="how long a call to this specialist may wait in its model's queue, when shorter than the "
+        "model's own objective (an interactive skill on a model shared with batch work); beyond it: 503 or escalation",
+    )
 
 
 class PoolSpec(StrictModel):
@@ -210,7 +226,13 @@ class ServerSpec(StrictModel):
         pattern=r"^[A-Z_][A-Z0-9_]*$",
         description="environment variable holding comma-separated API keys; unset means open on loopback only",
     )
-    request_timeout_s: float = Field(120.0, gt=0)
+    request_timeout_s: float = Field(120.0, gt=0, description="a model call's limit (a stream's: to its first token)")
+    stream_timeout_s: float = Field(
+        600.0, gt=0, description="a whole streamed answer's limit; past it the stream ends with a timeout error event"
+    )
+    idempotency_ttl_s: float = Field(
+        86400.0, gt=0, description="how long a pipeline run's result is kept for repeats of its Idempotency-Key"
+    )
     max_ongoing_requests: int = Field(256, ge=1, description="requests the router handles at once")
     max_queued_requests: int = Field(256, ge=1, description="requests waiting at the router before a fast 503")
     router: RouterReplicasSpec = RouterReplicasSpec()

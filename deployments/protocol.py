@@ -110,6 +110,7 @@ class GenerationRequest:
     extra_sampling: dict[str, Any] = field(default_factory=dict)  # vLLM sampling extras (top_k, min_p, ...)
     tools: Tools | None = None
     trace_context: dict[str, str] | None = None  # W3C trace headers, so the model's span joins the caller's trace
+    queue_budget_s: float | None = None  # how long it may wait for a batch slot (a pipeline's time left); see admission
 
 
 @dataclass(frozen=True)
@@ -118,11 +119,12 @@ class GenerationError:
 
     kind: ErrorKind
     message: str
+    retry_after_s: int | None = None  # an ``overloaded`` refusal: when the queue is expected to have drained
 
 
-def failure(model: str, kind: ErrorKind, message: str) -> GenerationResult:
+def failure(model: str, kind: ErrorKind, message: str, retry_after_s: int | None = None) -> GenerationResult:
     """A result that carries only an error."""
-    return GenerationResult(model=model, error=GenerationError(kind, message))
+    return GenerationResult(model=model, error=GenerationError(kind, message, retry_after_s))
 
 
 @dataclass

@@ -33,16 +33,23 @@ class BatchSlots:
         self._clock = clock
         self._waits: deque[tuple[float, float]] = deque()  # (when the wait ended, how long it was)
         self._waiting_since: dict[int, float] = {}
+        self._waiting_work: dict[int, float] = {}
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[float]:
-        """Wait for a place, yield how long that took, give the place back on exit (also on cancel or error)."""
+    async def slot(self, work: float = 0.0) -> AsyncIterator[float]:
+        """Wait for a place, yield how long that took, give the place back on exit (also on cancel or error).
+
+        ``work`` is what the request will cost once in (its expected tokens): :attr:`waiting_work` sums it over
+        the requests still waiting, the queue a newcomer would stand behind.
+        """
         ticket, start = object(), self._clock()
         self._waiting_since[id(ticket)] = start
+        self._waiting_work[id(ticket)] = work
         try:
             await self._free.acquire()
         finally:
             del self._waiting_since[id(ticket)]
+            del self._waiting_work[id(ticket)]
         now = self._clock()
         waited = now - start
         self._waits.append((now, waited))
@@ -55,6 +62,11 @@ class BatchSlots:
     def waiting(self) -> int:
         """Requests waiting for a place right now."""
         return len(self._waiting_since)
+
+    @property
+    def waiting_work(self) -> float:
+        """The ``work`` of every request waiting for a place right now."""
+        return sum(self._waiting_work.values())
 
     def wait_p90_s(self) -> float:
         """The 90th percentile of recent waits, or the oldest current wait if longer; 0.0 when nothing waited."""

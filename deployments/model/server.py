@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING, Any
 import ray
 from opentelemetry import trace
 
+from cluster.admission import DEFAULT_QUEUE_OBJECTIVE_S, Admission, decide_admission
 from cluster.autoscaling_policy import OBJECTIVE_METRIC, WAIT_METRIC
 from cluster.model_store import resolve_source
 from cluster.spec import ModelSpec
-from deployments.model.batch_slots import BatchSlots
+from deployments.model.batch_slots import WAIT_WINDOW_S, BatchSlots
 from deployments.model.chat_request import build_engine_call
+from deployments.model.decode_rate import DecodeRate
 from deployments.model.gpu_start_lock import gpu_start_lock
 from deployments.model.json_budget import SchemaBudgetError
 from deployments.model.throughput import ThroughputMeter
@@ -47,7 +49,10 @@ class ModelServer:
         self.engine_overrides = dict(engine_overrides or {})
         self.throughput = ThroughputMeter()
         self.slots = BatchSlots(model.concurrent_seqs)
-        self.latency_objective_s: float | None = None
+        self.decode = DecodeRate(model.concurrent_seqs)
+        self.latency_objective_s: float = model.latency_objective_s or DEFAULT_QUEUE_OBJECTIVE_S
+        self.max_waiting = model.max_queued_requests
+        self.last_refusal = (float("-inf"), 0.0)  # (when, expected wait): refusals are demand too
         imported = time.time()
         path = resolve_source(model.source)
         resolved = time.time()
@@ -58,13 +63,33 @@ class ModelServer:
         log.info("model %s started: %s", model_name, self.startup_s)
 
     def reconfigure(self, config: dict[str, Any]) -> None:
-        """The deployment's ``user_config`` (live, no restart): the model's latency objective."""
-        self.latency_objective_s = config.get("latency_objective_s")
+        """The deployment's ``user_config`` (live, no restart): the model's latency objective and queue bound."""
+        self.latency_objective_s = config.get("latency_objective_s") or DEFAULT_QUEUE_OBJECTIVE_S
+        self.max_waiting = config.get("max_queued_requests", self.max_waiting)
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """Custom metrics for the autoscaling policy (Serve 2.60 polls this): the wait for a batch slot and the
-        objective it is judged against (0 when unset: the policy then scales on load alone)."""
-        return {WAIT_METRIC: self.slots.wait_p90_s(), OBJECTIVE_METRIC: self.latency_objective_s or 0.0}
+        objective it is judged against. A recent refusal reports the wait it foresaw, so requests turned away still
+        count as demand (they never show in the queue they were kept out of)."""
+        refused_at, foreseen_wait = self.last_refusal
+        wait = self.slots.wait_p90_s()
+        if time.monotonic() - refused_at < WAIT_WINDOW_S:
+            wait = max(wait, foreseen_wait)
+        return {WAIT_METRIC: wait, OBJECTIVE_METRIC: self.latency_objective_s}
+
+    def admission(self, request: GenerationRequest, work: float) -> Admission:
+        """Whether ``request`` (``work`` expected tokens) may queue here: its expected wait against the model's
+        objective, or the caller's own smaller budget (a pipeline's time left)."""
+        budget = self.latency_objective_s
+        if request.queue_budget_s is not None:
+            budget = min(budget, request.queue_budget_s)
+        return decide_admission(
+            work_ahead_tokens=self.slots.waiting_work,
+            decode_rate_tokens_per_s=self.decode.tokens_per_s(),
+            waiting=self.slots.waiting,
+            max_waiting=self.max_waiting,
+            budget_s=budget,
+        )
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         """A whole completion in one answer."""
@@ -98,19 +123,29 @@ class ModelServer:
 
         tally = GenerationTally()
         started = time.perf_counter()
-        self.throughput.started()
         try:
             call = build_engine_call(request, request.specialist_spec)
-            calls = ToolCallStream() if call.tools else None
-            async with self.slots.slot():
+        except SchemaBudgetError as exc:
+            yield self._failed("bad_request", str(exc))
+            return
+        work = self.decode.expected_tokens(call.sampling.get("max_tokens"))
+        verdict = self.admission(request, work)
+        if not verdict.admitted:
+            yield self._refused(verdict)
+            return
+        calls = ToolCallStream() if call.tools else None
+        self.throughput.started()
+        try:
+            async with self.slots.slot(work):
+                in_slot = time.perf_counter()
                 async for text in self.engine.generate(call, tally, incremental=incremental):
                     for delta in _deltas(text, calls, tally):
                         yield delta
+                self.decode.finished(tally.completion_tokens, time.perf_counter() - in_slot)
             if calls is not None and (rest := calls.flush()):
                 yield StreamDelta(rest)
-        except (PromptTooLongError, SchemaBudgetError) as exc:
-            kind: ErrorKind = "context_length_exceeded" if isinstance(exc, PromptTooLongError) else "bad_request"
-            yield self._failed(kind, str(exc))
+        except PromptTooLongError as exc:
+            yield self._failed("context_length_exceeded", str(exc))
             return
         except VLLMClientError as exc:
             yield self._failed("bad_request", str(exc))
@@ -141,6 +176,11 @@ class ModelServer:
             },
         )
 
+    def _refused(self, verdict: Admission) -> GenerationResult:
+        self.last_refusal = (time.monotonic(), verdict.expected_wait_s or 0.0)
+        message = f"model '{self.model_name}' is at capacity: {verdict.reason}"
+        return failure(self.model_name, "overloaded", message, verdict.retry_after_s)
+
     def _failed(self, kind: ErrorKind, message: str) -> GenerationResult:
         log.warning("model %s: %s: %s", self.model_name, kind, message)
         return failure(self.model_name, kind, message)
@@ -148,6 +188,16 @@ class ModelServer:
     async def startup(self) -> dict[str, float]:
         """Where this replica's start-up went, in seconds (see :func:`startup_phases`)."""
         return self.startup_s
+
+    async def load(self) -> dict[str, Any]:
+        """What this replica holds now: requests inside vLLM (unfinished, its own count), requests waiting for a
+        batch slot, and the admission inputs (decode rate, objective)."""
+        return {
+            "engine_requests": self.engine.engine.get_num_unfinished_requests(),
+            "waiting": self.slots.waiting,
+            "decode_tokens_per_s": self.decode.tokens_per_s(),
+            "latency_objective_s": self.latency_objective_s,
+        }
 
     async def wake(self) -> str:
         """A request that does nothing: the router sends it to a model at zero replicas so Serve starts one."""

@@ -7,6 +7,10 @@
 
 Without either, no provider is installed and the OpenTelemetry API's no-op tracer costs next to nothing. Trace
 context crosses Serve handle calls inside :class:`GenerationRequest.trace_context` (W3C traceparent).
+
+Spans leave through a ``BatchSpanProcessor``: ending a span only queues it, and a background thread exports
+batches (every ``OTEL_BSP_SCHEDULE_DELAY`` ms, 5000 by default), so a replica's event loop, which serves every
+request, never waits for an exporter, a network hop or the trace file's lock (taken once per batch).
 """
 
 from __future__ import annotations
@@ -35,11 +39,11 @@ def configure_tracing(service_name: str) -> None:
         return
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
     for exporter in exporters:
-        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
 
 
@@ -64,7 +68,7 @@ def _exporters_from_env() -> list[object]:
 
 
 class JsonLinesSpanExporter:
-    """Appends spans as JSON lines under a file lock, so several processes can share one file."""
+    """Appends spans as JSON lines under a file lock (one write per batch), so several processes share one file."""
 
     def __init__(self, path: str) -> None:
         self.path = path

@@ -11,13 +11,22 @@ from collections.abc import AsyncIterator
 from contextvars import ContextVar
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Header
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from deployments.pipeline.idempotency import HEADER, IdempotentRuns
 from deployments.pipeline.result import StepEvent
 from deployments.pipeline.runner import PipelineRunner
-from deployments.router.openai_api import ChatCompletionRequest, chunk_body, error_body, error_response, new_id
+from deployments.router.openai_api import (
+    ChatCompletionRequest,
+    chunk_body,
+    error_body,
+    error_response,
+    new_id,
+    retry_after_headers,
+)
+from deployments.router.stream_guard import guarded
 
 PIPELINE_PREFIX = "pipeline:"
 # The pipeline a model call belongs to, for metrics tags; asyncio copies it into the runner's tasks.
@@ -33,25 +42,50 @@ class PipelineRunRequest(BaseModel):
     stream: bool = False
 
 
-def add_pipeline_routes(app: FastAPI, runner: PipelineRunner) -> None:
-    """Register the pipeline run endpoint on the router's app."""
+def add_pipeline_routes(app: FastAPI, runner: PipelineRunner, idempotent: IdempotentRuns | None = None) -> None:
+    """Register the pipeline run endpoint on the router's app; ``idempotent`` honours ``Idempotency-Key``."""
 
     @app.post("/v1/pipelines/{name}/runs")
-    async def run_pipeline(name: str, body: PipelineRunRequest) -> Response:
+    async def run_pipeline(
+        name: str, body: PipelineRunRequest, idempotency_key: str | None = Header(None, alias=HEADER)
+    ) -> Response:
         if name not in runner.pipelines:
             return _unknown(name, runner)
         CURRENT_PIPELINE.set(name)
+        if idempotency_key is not None:
+            return await _keyed_run(runner, idempotent or IdempotentRuns(None), name, idempotency_key, body)
         if body.stream:
-            events = runner.run_events(name, body.inputs)
-            return StreamingResponse(
-                _sse(events), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
-            )
+            events = guarded(_sse(runner.run_events(name, body.inputs)), runner.stream_timeout_s, _error_event)
+            return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         return JSONResponse((await runner.run(name, body.inputs)).to_dict())
 
 
 async def _sse(events: AsyncIterator[Any]) -> AsyncIterator[str]:
     async for event in events:
         yield event.sse()
+
+
+async def _keyed_run(
+    runner: PipelineRunner, idempotent: IdempotentRuns, name: str, key: str, body: PipelineRunRequest
+) -> Response:
+    """A run under an ``Idempotency-Key``: at most once per key; a repeat gets the first run's result."""
+    if body.stream:
+        message = f"{HEADER} applies to runs without stream: true (a replay has no live events); drop one of them"
+        return error_response(400, message, "idempotency_key_with_stream", "stream")
+
+    async def execute() -> dict[str, Any]:
+        return (await runner.run(name, body.inputs)).to_dict()
+
+    outcome = await idempotent.run(name, key, body.inputs, execute)
+    headers = retry_after_headers(outcome.status, outcome.body) or {}
+    if outcome.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(outcome.body, status_code=outcome.status, headers=headers)
+
+
+def _error_event(code: str, message: str) -> str:
+    """A run's stream cut short (deadline, internal failure): one last ``error`` event."""
+    return f"event: error\ndata: {json.dumps({'type': 'error', **error_body(message, 'server_error', code)})}\n\n"
 
 
 def _unknown(name: str, runner: PipelineRunner) -> Response:

@@ -19,13 +19,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 
 from cluster.conditions import Condition, ConditionError
 from cluster.cost import CostSummary, PriceBook, llm_reference_model, sum_costs
-from cluster.escalation import CallOutcome, Verdict, decide
+from cluster.escalation import CallOutcome, Verdict, decide, is_capacity_escalation
 from cluster.pipeline_spec import EscalationPolicy, PipelineSpec, StepSpec
 from cluster.spec import FleetSpec, OutputContract
 from cluster.spec_errors import suggest
@@ -42,6 +42,9 @@ from deployments.pipeline.result import (
 )
 from deployments.pipeline.tools import ToolRegistry, ToolResult
 from deployments.protocol import Contract, GenerationRequest, GenerationResult, StreamDelta
+
+if TYPE_CHECKING:
+    from deployments.router.escalation_budget import EscalationBudget
 
 ModelCaller = Callable[[str, GenerationRequest], Awaitable[GenerationResult]]
 ModelStreamer = Callable[[str, GenerationRequest], AsyncIterator[StreamDelta | GenerationResult]]
@@ -86,13 +89,15 @@ class _PipelinePlan:
     llm_model: str | None
     parallel: bool
     live_step: str | None  # the step whose text, streamed as generated, is the run's output (see _live_step)
+    deadline_s: float | None  # the pipeline's latency objective: every model call fits in what remains of it
 
 
 def _plan_pipeline(spec: FleetSpec, name: str, tools: ToolRegistry) -> _PipelinePlan:
     pipeline = spec.pipelines[name]
     steps = tuple(_plan_step(spec, pipeline, step, tools) for step in pipeline.steps)
     llm = llm_reference_model(spec, pipeline.escalation.to)
-    return _PipelinePlan(name, steps, pipeline.output, llm, pipeline.parallel, _live_step(pipeline, steps))
+    live = _live_step(pipeline, steps)
+    return _PipelinePlan(name, steps, pipeline.output, llm, pipeline.parallel, live, pipeline.latency_objective_s)
 
 
 def _live_step(pipeline: PipelineSpec, steps: tuple[_StepPlan, ...]) -> str | None:
@@ -177,6 +182,10 @@ class _Run:
         self.results.append(result)
         self.scope["steps"][result.name] = result.scope_entry()
 
+    def remaining_s(self, now: float) -> float | None:
+        """What is left of the run's deadline (None: the pipeline has none)."""
+        return None if self.plan.deadline_s is None else self.plan.deadline_s - (now - self.started)
+
 
 def _no_emit(_event: StepEvent) -> None:
     return None
@@ -205,6 +214,7 @@ class PipelineRunner:
         prices: PriceBook | None = None,
         on_finished: Callable[[PipelineResult], None] | None = None,
         stream_model: ModelStreamer | None = None,
+        budget: EscalationBudget | None = None,
     ) -> None:
         """``on_finished`` sees every finished run, JSON or streamed (the router counts runs and escalations).
 
@@ -212,6 +222,7 @@ class PipelineRunner:
         the model generates it (see :func:`_live_step`).
         """
         self._stream_model = stream_model
+        self._budget = budget  # caps capacity escalations to the LLM tier (None: uncapped)
         self._spec = spec
         self._call_model = call_model
         self._tools = tools
@@ -219,6 +230,7 @@ class PipelineRunner:
         self._tracer = tracer or trace.get_tracer(__name__, tracer_provider=tracer_provider)
         self._prices = prices or PriceBook.from_spec(spec)
         self._on_finished = on_finished
+        self.stream_timeout_s = spec.server.stream_timeout_s  # an event stream's overall limit (routes)
         self._plans = {name: _plan_pipeline(spec, name, tools) for name in spec.pipelines}
 
     @property
@@ -427,7 +439,7 @@ class PipelineRunner:
         calls = _Calls(model=str(step.model))
         can_escalate, retries, max_tokens = step.can_escalate, 0, step.max_tokens
         while True:
-            outcome, attempt = await self._attempt(step, calls, request, self._text_sink(run, step, calls))
+            outcome, attempt = await self._attempt(run, step, calls, request)
             verdict = decide(
                 outcome,
                 step.contract,
@@ -449,9 +461,21 @@ class PipelineRunner:
                 request = _retry_request(request, retries, max_tokens, step.max_tokens)
                 run.event("step_retried", step.name, model=calls.model, reason=verdict.reason, max_tokens=max_tokens)
                 continue
+            if await self._over_budget(step, calls, outcome):
+                return calls
             self._escalate(run, step, calls, verdict)
             can_escalate, retries = False, 0
             request = replace(request, request_id=f"{run.run_id}:{step.name}:escalated")
+
+    async def _over_budget(self, step: _StepPlan, calls: _Calls, outcome: CallOutcome) -> bool:
+        """Whether this capacity escalation is refused by the LLM tier's budget (the step then fails as unavailable)."""
+        if self._budget is None or not is_capacity_escalation(outcome):
+            return False
+        target = str(step.policy.to)
+        if await self._budget.take(target) is None:
+            return False
+        calls.error = StepError("unavailable", self._budget.refusal(calls.model, target), step.name)
+        return True
 
     def _escalate(self, run: _Run, step: _StepPlan, calls: _Calls, verdict: Verdict) -> None:
         target = str(step.policy.to)
@@ -468,15 +492,22 @@ class PipelineRunner:
         return lambda text: run.event("step_delta", step.name, text=text, attempt=attempt, model=calls.model)
 
     async def _attempt(
-        self, step: _StepPlan, calls: _Calls, request: GenerationRequest, on_text: Callable[[str], None] | None
+        self, run: _Run, step: _StepPlan, calls: _Calls, request: GenerationRequest
     ) -> tuple[CallOutcome, Attempt]:
-        """One model call under the step's timeout, in its own span; exceptions become outcomes."""
+        """One model call under the step's timeout and the run's deadline, in its own span; exceptions become
+        outcomes. With a deadline, the call may wait in a model's queue only for what remains of it."""
         model = calls.model
         escalation = calls.escalations[-1] if calls.escalations else None
         attributes = _call_attributes(model, step.spec.specialist, escalation)
         with self._tracer.start_as_current_span(f"model_call {model}", attributes=attributes) as span:
             started = self._clock()
-            outcome = await self._guarded_call(model, request, step.timeout_s, on_text)
+            remaining, timeout_s = run.remaining_s(started), step.timeout_s
+            if remaining is not None:
+                request, timeout_s = replace(request, queue_budget_s=max(0.0, remaining)), min(timeout_s, remaining)
+            if timeout_s <= 0:
+                outcome = CallOutcome(None, f"timeout: the pipeline's {run.plan.deadline_s:g} s deadline has passed")
+            else:
+                outcome = await self._guarded_call(model, request, timeout_s, self._text_sink(run, step, calls))
             latency = self._clock() - started
             result = outcome.result
             tokens_in = result.prompt_tokens if result else 0

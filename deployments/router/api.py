@@ -20,14 +20,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cluster.cost import PriceBook, llm_reference_model
 from cluster.spec import FleetSpec
+from deployments.pipeline.idempotency import IdempotentRuns
 from deployments.pipeline.routes import PIPELINE_PREFIX, add_pipeline_routes
 from deployments.pipeline.runner import PipelineRunner
 from deployments.router.chat_endpoint import ChatEndpoint, ModelBackend
+from deployments.router.escalation_budget import EscalationBudget
 from deployments.router.fleet_health import is_serving
 from deployments.router.openai_api import (
-    RETRY_AFTER_S,
     ChatCompletionRequest,
     error_response,
+    retry_after_headers,
     validation_error_body,
 )
 from deployments.router.responses_api import add_responses_routes
@@ -47,11 +49,14 @@ def build_api(
     prices: PriceBook | None = None,
     *,
     on_escalation: Callable[[str, str], None] | None = None,
+    budget: EscalationBudget | None = None,
+    idempotent: IdempotentRuns | None = None,
 ) -> FastAPI:
     """The OpenAI-compatible app: chat completions, pipelines, model list, health; API keys enforced when given.
 
     ``prices`` is the router's live book (declared prices, or derived ones that follow measured throughput);
-    ``on_escalation(name, reason)`` sees each chat call's escalation (the router's metrics count them).
+    ``on_escalation(name, reason)`` sees each chat call's escalation (the router's metrics count them);
+    ``budget`` caps capacity escalations to the LLM tier; ``idempotent`` keeps keyed pipeline runs to one each.
     """
     prices = prices or PriceBook.from_spec(spec)
     llm = llm_reference_model(spec)  # the counterfactual's model, fixed for the app's life
@@ -61,7 +66,7 @@ def build_api(
         app.middleware("http")(_require_key(api_keys))
     app.middleware("http")(_trace_request)
     if runner is not None:
-        add_pipeline_routes(app, runner)
+        add_pipeline_routes(app, runner, idempotent)
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -77,7 +82,7 @@ def build_api(
     async def list_models() -> dict[str, Any]:
         return {"object": "list", "data": model_cards(spec)}
 
-    chat = ChatEndpoint(spec, backend, prices, llm, runner, on_escalation=on_escalation)
+    chat = ChatEndpoint(spec, backend, prices, llm, runner, on_escalation=on_escalation, budget=budget)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest) -> Response:
@@ -94,8 +99,7 @@ def build_api(
 
 def answer_response(status: int, body: dict[str, Any]) -> JSONResponse:
     """A JSON answer; 429/503 carry Retry-After so well-behaved clients back off."""
-    headers = {"Retry-After": str(RETRY_AFTER_S)} if status in (429, 503) else None
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(body, status_code=status, headers=retry_after_headers(status, body))
 
 
 async def sse_chunks(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:

@@ -15,11 +15,12 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from cluster.cost import CostSummary, PriceBook
-from cluster.escalation import CallOutcome, decide
+from cluster.escalation import CallOutcome, decide, is_capacity_escalation
 from cluster.pipeline_spec import EscalationPolicy
 from cluster.spec import FleetSpec
 from deployments.model.chat_request import contract_from_spec
 from deployments.protocol import GenerationError, GenerationRequest, GenerationResult, StreamDelta
+from deployments.router.escalation_budget import EscalationBudget
 
 ModelCall = Callable[[str, GenerationRequest], Awaitable[GenerationResult]]
 ColdStart = Callable[[str], Awaitable[bool]]
@@ -78,12 +79,15 @@ class ChatCaller:
         on_escalation: Callable[[str, str], None] | None = None,
         *,
         cold_start: ColdStart | None = None,
+        budget: EscalationBudget | None = None,
     ) -> None:
         """``on_escalation(served_name, reason)`` sees every escalation (the router counts them in its metrics);
-        ``cold_start(model)`` says whether a model is at zero replicas, and starts waking it."""
+        ``cold_start(model)`` says whether a model is at zero replicas, and starts waking it; ``budget`` caps
+        capacity escalations to the LLM tier."""
         self.spec, self.call, self.prices, self.timeout_s = spec, call, prices, timeout_s
         self.on_escalation = on_escalation
         self.cold_start = cold_start
+        self.budget = budget
 
     async def waking(self, target: ChatTarget) -> GenerationResult | None:
         """A ``cold_start`` error when the target's model is at zero and the call may escalate for that reason: the
@@ -136,12 +140,27 @@ class ChatCaller:
                 request = replace(request, max_tokens=max_tokens, schema_tokens=first_budget)
                 continue
             target_model = str(target.policy.to)
+            refused = await self._over_budget(model, target_model, result)
+            if refused is not None:
+                outcome.result = refused
+                return outcome
             outcome.escalations.append(
                 {"from_model": model, "to_model": target_model, "reason": verdict.reason, "detail": verdict.detail}
             )
             if self.on_escalation is not None:
                 self.on_escalation(target.specialist or target.model, str(verdict.reason))
             model, can_escalate, retries = target_model, False, 0
+
+    async def _over_budget(self, model: str, target: str, result: GenerationResult) -> GenerationResult | None:
+        """An ``overloaded`` refusal when this is a capacity escalation and the LLM tier's budget is spent."""
+        if self.budget is None or not is_capacity_escalation(CallOutcome(result)):
+            return None
+        wait = await self.budget.take(target)
+        if wait is None:
+            return None
+        return GenerationResult(
+            model=model, error=GenerationError("overloaded", self.budget.refusal(model, target), wait)
+        )
 
     async def _call(self, model: str, request: GenerationRequest) -> GenerationResult:
         try:

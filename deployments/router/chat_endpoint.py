@@ -18,6 +18,7 @@ from deployments.pipeline.routes import PIPELINE_PREFIX, pipeline_chat, pipeline
 from deployments.pipeline.runner import PipelineRunner
 from deployments.protocol import GenerationError, GenerationRequest, GenerationResult, StreamDelta
 from deployments.router.chat import ChatCaller, ChatOutcome, ChatTarget, chat_target, needs_whole_answer, replay
+from deployments.router.escalation_budget import EscalationBudget
 from deployments.router.openai_api import (
     STATUS_BY_KIND,
     ChatCompletionRequest,
@@ -28,6 +29,7 @@ from deployments.router.openai_api import (
     usage,
     validation_error_body,
 )
+from deployments.router.stream_guard import guarded
 
 Answer = tuple[int, dict[str, Any]]
 
@@ -47,7 +49,7 @@ class ModelBackend(Protocol):
 def generation_error(error: GenerationError) -> Answer:
     status = STATUS_BY_KIND.get(error.kind, 500)
     err_type = "invalid_request_error" if status < 500 else "server_error"  # noqa: PLR2004
-    return status, error_body(error.message, err_type, error.kind)
+    return status, error_body(error.message, err_type, error.kind, retry_after_s=error.retry_after_s)
 
 
 def resolve_target(spec: FleetSpec, name: str) -> tuple[str, str | None] | None:
@@ -71,11 +73,12 @@ class ChatEndpoint:
         runner: PipelineRunner | None = None,
         *,
         on_escalation: Callable[[str, str], None] | None = None,
+        budget: EscalationBudget | None = None,
     ) -> None:
         self.spec, self.backend, self.llm, self.runner = spec, backend, llm, runner
         timeout_s = spec.server.request_timeout_s
         self.caller = ChatCaller(
-            spec, backend.complete, prices, timeout_s, on_escalation, cold_start=backend.cold_start
+            spec, backend.complete, prices, timeout_s, on_escalation, cold_start=backend.cold_start, budget=budget
         )
 
     @staticmethod
@@ -124,8 +127,15 @@ class ChatEndpoint:
     async def chunks(self, body: ChatCompletionRequest) -> Answer | AsyncIterator[dict[str, Any]]:
         """A streamed answer: an error before the first byte, or ChatCompletionChunk dicts (an error dict mid-way).
 
-        A call that may escalate or whose output is constrained is judged whole first, then streamed.
+        A call that may escalate or whose output is constrained is judged whole first, then streamed. Every stream
+        ends within ``server.stream_timeout_s`` and with an error dict if it fails (:mod:`stream_guard`).
         """
+        answer = await self._open_stream(body)
+        if isinstance(answer, tuple):
+            return answer
+        return guarded(answer, self.spec.server.stream_timeout_s, _stream_failure)
+
+    async def _open_stream(self, body: ChatCompletionRequest) -> Answer | AsyncIterator[dict[str, Any]]:
         if body.model.startswith(PIPELINE_PREFIX):
             return await pipeline_chunks(body, self.runner)
         chat = self._target(body)
@@ -177,6 +187,10 @@ async def _chunks(
             if include_usage:
                 yield {**chunk_body(request_id, served_as, {}), "choices": [], "usage": usage(item)}
         item = await anext(items, None)
+
+
+def _stream_failure(code: str, message: str) -> dict[str, Any]:
+    return error_body(message, "server_error", code)
 
 
 def _final_chunk(

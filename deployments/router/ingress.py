@@ -27,17 +27,20 @@ from cluster.spec import FleetSpec, SpecialistSpec, parse_spec
 from deployments.fleet_state import STATE_PATH_ENV, FleetState
 from deployments.observability.metrics import FleetMetrics
 from deployments.observability.telemetry import configure_tracing, current_context_carrier
+from deployments.pipeline.idempotency import IdempotentRuns
 from deployments.pipeline.routes import CURRENT_PIPELINE
 from deployments.pipeline.runner import PipelineRunner
 from deployments.pipeline.tools import ToolRegistry
 from deployments.protocol import GenerationRequest, GenerationResult, StreamDelta, failure
 from deployments.router.api import build_api
+from deployments.router.escalation_budget import EscalationBudget, budget_from_spec
 from deployments.router.fleet_health import ServeDetailsCache, fleet_health, model_health
 
 log = logging.getLogger(__name__)
 REPLICA_LOST = (RayActorError, ActorDiedError, ActorUnavailableError, ReplicaUnavailableError)
 RETRY_DELAY_S = 0.5
 WAKE_TIMEOUT_S = 600.0
+SHARED_STATE_TIMEOUT_S = 5.0  # a call to the shared store that takes longer fails (budget: let through; keys: 503)
 
 
 class ServeBackend:
@@ -64,8 +67,17 @@ class ServeBackend:
         self._wakes: dict[str, asyncio.Task[None]] = {}
 
     def _outgoing(self, request: GenerationRequest) -> GenerationRequest:
+        """The request with its specialist's settings, the caller's trace, and the specialist's queue budget
+        (a pipeline's remaining deadline, when smaller, stays)."""
         specialist = self.specialists.get(request.specialist) if request.specialist else None
-        return replace(request, specialist_spec=specialist, trace_context=current_context_carrier())
+        budget = request.queue_budget_s
+        if specialist is not None and specialist.latency_objective_s is not None:
+            budget = (
+                min(budget, specialist.latency_objective_s) if budget is not None else specialist.latency_objective_s
+            )
+        return replace(
+            request, specialist_spec=specialist, trace_context=current_context_carrier(), queue_budget_s=budget
+        )
 
     async def complete(self, model: str, request: GenerationRequest) -> GenerationResult:
         request = self._outgoing(request)
@@ -89,11 +101,15 @@ class ServeBackend:
     async def _stream(self, model: str, request: GenerationRequest) -> AsyncIterator[StreamDelta | GenerationResult]:
         sent_any = False
         for attempt in range(2):
+            response = self.handles[model].options(stream=True).stream.remote(request)
             try:
-                async for item in self.handles[model].options(stream=True).stream.remote(request):
+                async for item in response:
                     sent_any = True
                     yield item
                 return
+            except (GeneratorExit, asyncio.CancelledError):  # the consumer stopped (client gone, deadline):
+                response.cancel()  # the replica's generator is cancelled and vLLM aborts the request
+                raise
             except BackPressureError as exc:
                 yield failure(model, "overloaded", f"model '{model}' is at capacity: {exc}")
                 return
@@ -210,16 +226,19 @@ class RouterState:
     backend: ServeBackend
     runner: PipelineRunner
     api_keys: frozenset[str]
+    budget: EscalationBudget
 
 
-def router_state(config: dict[str, Any], metrics: FleetMetrics) -> RouterState:
-    """The router's state from its ``user_config`` (``{spec, replica_per_hour}``); a bad spec raises SpecError."""
+def router_state(config: dict[str, Any], metrics: FleetMetrics, shared: FleetState | None = None) -> RouterState:
+    """The router's state from its ``user_config`` (``{spec, replica_per_hour}``); a bad spec raises SpecError.
+    ``shared`` is the fleet's shared store, where the LLM tier's budget is counted."""
     spec = parse_spec(config.get("spec"), "<router user_config: spec>")
     hourly = {name: float(price) for name, price in (config.get("replica_per_hour") or {}).items()}
     prices = PriceBook.from_spec(spec, replica_per_hour=hourly)
     metrics.prices, metrics.llm_model = prices, llm_reference_model(spec)
     at_zero = frozenset(name for name, model in spec.models.items() if model.autoscaling.min_replicas == 0)
     backend = ServeBackend(model_handles(spec), dict(spec.specialists), metrics, at_zero)
+    budget = budget_from_spec(spec, shared.consume if shared is not None else None)
     runner = PipelineRunner(
         spec,
         backend.complete,
@@ -227,11 +246,12 @@ def router_state(config: dict[str, Any], metrics: FleetMetrics) -> RouterState:
         prices=prices,
         on_finished=metrics.record_run,
         stream_model=backend.stream,
+        budget=budget,
     )
     api_keys = api_keys_from_env(spec)
     if spec.server.api_keys_env and not api_keys:
         raise RuntimeError(f"server.api_keys_env names {spec.server.api_keys_env}, which holds no keys")
-    return RouterState(spec, prices, backend, runner, api_keys)
+    return RouterState(spec, prices, backend, runner, api_keys, budget)
 
 
 @serve.ingress()
@@ -244,12 +264,12 @@ class Router:
         self.swappable = SwappableApp()  # not `app`: the ingress wrapper owns that name
         self.metrics = FleetMetrics(PriceBook({}), None)  # one set of counters for the replica's life
         # the fleet's one shared store (created by the first replica): what every router replica must agree on
-        self.shared_state = FleetState.connect(os.environ.get(STATE_PATH_ENV))
+        self.shared_state = FleetState.connect(os.environ.get(STATE_PATH_ENV), timeout_s=SHARED_STATE_TIMEOUT_S)
         self.state: RouterState | None = None
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Called by Serve at start and whenever the deployment's user_config changes."""
-        state = router_state(config, self.metrics)
+        state = router_state(config, self.metrics, self.shared_state)
         self.swappable.current = build_api(
             state.spec,
             state.backend,
@@ -257,6 +277,8 @@ class Router:
             state.runner,
             state.prices,
             on_escalation=self.metrics.record_chat_escalation,
+            budget=state.budget,
+            idempotent=IdempotentRuns(self.shared_state, state.spec.server.idempotency_ttl_s),
         )
         self.state = state
         log.info("router reconfigured: %d models, %d specialists, %d pipelines", *_sizes(state.spec))

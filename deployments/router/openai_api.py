@@ -304,17 +304,33 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
-def error_body(message: str, err_type: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": err_type, "param": param, "code": code}}
+def error_body(
+    message: str, err_type: str, code: str | None = None, param: str | None = None, retry_after_s: int | None = None
+) -> dict[str, Any]:
+    """OpenAI's error object; a refusal that knows when to come back also says so in ``retry_after`` (seconds)."""
+    error: dict[str, Any] = {"message": message, "type": err_type, "param": param, "code": code}
+    if retry_after_s is not None:
+        error["retry_after"] = retry_after_s
+    return {"error": error}
+
+
+def retry_after_headers(status: int, body: dict[str, Any]) -> dict[str, str] | None:
+    """``Retry-After`` for a 409 (a keyed run in progress), 429 or 503: the body's own estimate when it has one,
+    else a short default."""
+    if status not in (409, 429, 503):
+        return None
+    error = body.get("error")
+    seconds = error.get("retry_after") if isinstance(error, dict) else None
+    return {"Retry-After": str(seconds if seconds is not None else RETRY_AFTER_S)}
 
 
 def error_response(status: int, message: str, code: str | None = None, param: str | None = None) -> JSONResponse:
-    """An error in OpenAI's shape; 503s carry Retry-After so well-behaved clients back off."""
+    """An error in OpenAI's shape; 429/503 carry Retry-After so well-behaved clients back off."""
     err_type = "invalid_request_error" if status < 500 else "server_error"  # noqa: PLR2004
     if status == 401:  # noqa: PLR2004
         err_type = "authentication_error"
-    headers = {"Retry-After": str(RETRY_AFTER_S)} if status in (429, 503) else None
-    return JSONResponse(error_body(message, err_type, code, param), status_code=status, headers=headers)
+    body = error_body(message, err_type, code, param)
+    return JSONResponse(body, status_code=status, headers=retry_after_headers(status, body))
 
 
 def validation_error_body(errors: Any) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from deployments.router.openai_api import RETRY_AFTER_S, error_response
+from deployments.router.openai_api import error_response, retry_after_headers
 
 ChatComplete = Callable[[dict[str, Any]], Awaitable[tuple[int, dict[str, Any]]]]
 ChatStream = Callable[[dict[str, Any]], Awaitable[tuple[int, dict[str, Any]] | AsyncIterator[dict[str, Any]]]]
@@ -72,7 +72,6 @@ REFUSED: dict[str, str] = {
 REFUSED_INCLUDES = frozenset({"message.output_text.logprobs"})
 MESSAGE_ROLES = frozenset({"user", "system", "developer", "assistant"})
 TEXT_PARTS = frozenset({"input_text", "output_text"})
-RETRYABLE = (429, 503)
 UNION_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict"})  # pydantic names union members in locs
 
 
@@ -600,8 +599,7 @@ async def stream_events(shell: ResponseShell, chunks: AsyncIterator[dict[str, An
 
 def chat_error(status: int, body: dict[str, Any]) -> JSONResponse:
     """The chat path's error as is; 429/503 keep Retry-After so clients back off."""
-    headers = {"Retry-After": str(RETRY_AFTER_S)} if status in RETRYABLE else None
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(body, status_code=status, headers=retry_after_headers(status, body))
 
 
 def add_responses_routes(app: FastAPI, complete: ChatComplete, stream: ChatStream) -> None:

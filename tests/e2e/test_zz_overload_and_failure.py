@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
-BURST = 100  # smol admits concurrent_seqs x 2 ongoing + 32 queued = 48; the rest must bounce at once
+BURST = 100  # smol admits concurrent_seqs (8) in its batch and at most 32 waiting; the rest must bounce at once
 
 
 async def timed_post(http, url, body):

@@ -112,6 +112,8 @@ class RampStandIn(PlacementProbe):
         super().__init__(model_name, model, engine_overrides)
         self.slots = BatchSlots(model.concurrent_seqs)
         self.latency_objective_s: float | None = None
+        self.max_waiting = model.max_queued_requests
+        self.last_refusal = (float("-inf"), 0.0)
         log = ray.get_actor(PLACEMENT_LOG, namespace=LOG_NAMESPACE)
         ray.get(log.record.remote(replica_placement(model_name, self.engine_overrides)))
 

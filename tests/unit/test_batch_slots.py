@@ -88,3 +88,24 @@ def test_a_cancelled_or_failed_holder_gives_its_slot_back() -> None:
 def test_size_must_be_positive() -> None:
     with pytest.raises(ValueError, match="size"):
         BatchSlots(0)
+
+
+def test_waiting_work_sums_what_the_waiting_requests_will_cost_and_drops_them_once_in() -> None:
+    async def scenario() -> None:
+        slots, release = BatchSlots(1), asyncio.Event()
+
+        async def request(work: float) -> None:
+            async with slots.slot(work):
+                await release.wait()
+
+        tasks = [asyncio.create_task(request(w)) for w in (100.0, 30.0, 20.0)]
+        await asyncio.sleep(0)
+        assert slots.waiting_work == 50.0  # the first is in the batch; 30 + 20 wait behind it
+        tasks[1].cancel()  # a request that gives up leaves the queue
+        await asyncio.sleep(0)
+        assert slots.waiting_work == 20.0
+        release.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert slots.waiting_work == 0.0
+
+    asyncio.run(scenario())

@@ -119,11 +119,12 @@ def ok(resp):
 def error(resp, status, code=None, says=None):
     assert resp.status_code == status, resp.text
     err = resp.json()["error"]
-    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    assert set(err) - {"retry_after"} == {"message", "type", "param", "code"} and err["message"]
     assert code is None or err["code"] == code, err
     assert says is None or says in err["message"], err["message"]
     if status in (429, 503):
         assert resp.headers["Retry-After"].isdigit()
+        assert str(err.get("retry_after", resp.headers["Retry-After"])) == resp.headers["Retry-After"]
     return err
 
 

@@ -121,7 +121,7 @@ def test_request_limits_and_autoscaling(production):
     spec, plan = production
     model = spec.models["qwen2-5-coder-1-5b"]
     options = deployment_options(plan, spec, "qwen2-5-coder-1-5b")
-    assert options["max_ongoing_requests"] == 2 * model.concurrent_seqs
+    assert options["max_ongoing_requests"] == model.concurrent_seqs + 2 * model.max_queued_requests
     assert options["max_queued_requests"] == model.max_queued_requests
     assert options["autoscaling_config"] == {
         "min_replicas": 0,
@@ -133,7 +133,10 @@ def test_request_limits_and_autoscaling(production):
         "downscale_to_zero_delay_s": model.autoscaling.idle_delay_s,
         "policy": {"policy_function": POLICY_FUNCTION},
     }
-    assert options["user_config"] == {"latency_objective_s": model.latency_objective_s}
+    assert options["user_config"] == {
+        "latency_objective_s": model.latency_objective_s,
+        "max_queued_requests": model.max_queued_requests,
+    }
 
 
 @pytest.mark.parametrize(

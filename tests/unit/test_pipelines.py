@@ -617,3 +617,40 @@ def test_a_stopping_failure_in_a_parallel_pipeline_cancels_the_steps_still_runni
     assert [s.name for s in result.steps] == ["intent"]  # fields was cancelled mid-call, reply never started
     assert fake.cancelled == 1
     assert all(specialist != "support-reply" for _, specialist in fake.order)
+
+
+# --- the run's deadline ------------------------------------------------------------------------------------------
+
+
+class SteppingClock:
+    """Each model call takes ``per_call_s`` on this clock."""
+
+    def __init__(self, per_call_s: float) -> None:
+        self.now, self.per_call_s = 0.0, per_call_s
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_each_model_call_may_queue_only_for_what_remains_of_the_pipeline_deadline():
+    clock = SteppingClock(per_call_s=0.6)
+    spec = demo_spec(lambda p: p.update(latency_objective_s=1.2))
+    fake = FakeModelCaller(HAPPY)
+
+    async def slow_call(model, request):
+        clock.now += clock.per_call_s
+        return await fake(model, request)
+
+    pipeline_runner = PipelineRunner(spec, slow_call, ToolRegistry.from_spec(spec), clock=clock)
+    result = asyncio.run(pipeline_runner.run("support-triage", MESSAGE))
+    budgets = {r.specialist: r.queue_budget_s for _, r in fake.calls}
+    assert budgets == {"intent": pytest.approx(1.2), "order-fields": pytest.approx(0.6)}  # 0.6 s went on classify
+    reply = next(s for s in result.steps if s.name == "reply")  # nothing left: it fails at once, no model called
+    assert result.status == "failed" and reply.status == "failed"
+    assert "1.2 s deadline has passed" in reply.error.message
+
+
+def test_without_a_deadline_calls_carry_no_queue_budget():
+    result, fake = run()
+    assert result.status == "ok"
+    assert all(r.queue_budget_s is None for _, r in fake.calls)
