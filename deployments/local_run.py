@@ -12,33 +12,10 @@ from collections.abc import MutableMapping
 
 from cluster.model_store import resolve_source
 from cluster.render.common import SERVE_ENV
-from cluster.spec import FleetSpec, is_loopback
+from cluster.spec import FleetSpec
 from cluster.spec_errors import SpecError, SpecIssue
 from deployments.pipeline.tools import ToolLoadError, import_callable
-
-
-def exposure_issues(spec: FleetSpec, host: str) -> list[SpecIssue]:
-    """Refuse to open the fleet beyond loopback without API keys, or to start with a named but empty key set."""
-    env = spec.server.api_keys_env
-    if env and not os.environ.get(env, "").strip():
-        return [
-            SpecIssue(
-                "server.api_keys_env",
-                env,
-                f"the environment variable {env} is unset or empty",
-                f"export {env}=<key1>,<key2> before starting, or remove server.api_keys_env",
-            )
-        ]
-    if not env and not is_loopback(host):
-        return [
-            SpecIssue(
-                "server.host",
-                host,
-                "binding beyond loopback without API keys",
-                "set server.api_keys_env to a variable holding keys, or use host 127.0.0.1",
-            )
-        ]
-    return []
+from deployments.router.auth_gate import exposure_issues
 
 
 def apply_serve_env(environ: MutableMapping[str, str]) -> None:
@@ -62,7 +39,7 @@ def run_local(
 
     host = host or spec.server.host
     port = port or spec.server.port
-    issues = exposure_issues(spec, host)
+    issues = exposure_issues(spec, host, os.environ)
     if issues:
         raise SpecError("(server settings)", issues)
     _check_tools_import(spec)

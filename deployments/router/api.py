@@ -6,7 +6,6 @@ builds it per replica with real deployment handles. Every error leaves in OpenAI
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,6 +22,7 @@ from cluster.spec import FleetSpec
 from deployments.pipeline.idempotency import IdempotentRuns
 from deployments.pipeline.routes import PIPELINE_PREFIX, add_pipeline_routes
 from deployments.pipeline.runner import PipelineRunner
+from deployments.router.auth_gate import AuthGate, required_scope
 from deployments.router.chat_endpoint import ChatEndpoint, ModelBackend
 from deployments.router.escalation_budget import EscalationBudget
 from deployments.router.fleet_health import is_serving
@@ -34,17 +34,17 @@ from deployments.router.openai_api import (
 )
 from deployments.router.responses_api import add_responses_routes
 
+OPEN_GATE = AuthGate()  # no keys: only ever on loopback (the gate refuses to start otherwise)
 log = logging.getLogger(__name__)
 SSE_HEADERS = {"Cache-Control": "no-cache"}
 
-OPEN_PATHS = frozenset({"/healthz"})
 TRACER = trace.get_tracer("slmfleet.router")
 
 
 def build_api(
     spec: FleetSpec,
     backend: ModelBackend,
-    api_keys: frozenset[str] = frozenset(),
+    gate: AuthGate = OPEN_GATE,
     runner: PipelineRunner | None = None,
     prices: PriceBook | None = None,
     *,
@@ -62,8 +62,8 @@ def build_api(
     llm = llm_reference_model(spec)  # the counterfactual's model, fixed for the app's life
     app = FastAPI(title="slm-fleet router", docs_url=None, redoc_url=None)
     _install_error_handlers(app)
-    if api_keys:
-        app.middleware("http")(_require_key(api_keys))
+    if not gate.open:
+        app.middleware("http")(_require_key(gate))
     app.middleware("http")(_trace_request)
     if runner is not None:
         add_pipeline_routes(app, runner, idempotent)
@@ -156,15 +156,21 @@ async def _trace_request(request: Request, call_next: Callable[[Request], Awaita
 
 
 def _require_key(
-    keys: frozenset[str],
+    gate: AuthGate,
 ) -> Callable[[Request, Callable[[Request], Awaitable[Response]]], Awaitable[Response]]:
+    """Every route but the open ones needs a key with the route's scope; the key's identity rides on the request
+    (``request.state.key_identity``) for logs and quotas."""
+
     async def check(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        if request.url.path in OPEN_PATHS:
+        scope = required_scope(request.url.path)
+        if scope is None:
             return await call_next(request)
-        header = request.headers.get("authorization", "")
-        token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-        if not token or not any(hmac.compare_digest(token, key) for key in keys):
+        key = gate.authenticate(request.headers.get("authorization", ""))
+        if key is None:
             return error_response(401, "Missing or invalid API key in 'Authorization: Bearer <key>'", "invalid_api_key")
+        if scope not in key.scopes:
+            return error_response(403, f"this key ({key.identity}) lacks the '{scope}' scope", "insufficient_scope")
+        request.state.key_identity = key.identity
         return await call_next(request)
 
     return check

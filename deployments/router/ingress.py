@@ -33,6 +33,7 @@ from deployments.pipeline.runner import PipelineRunner
 from deployments.pipeline.tools import ToolRegistry
 from deployments.protocol import GenerationRequest, GenerationResult, StreamDelta, failure
 from deployments.router.api import build_api
+from deployments.router.auth_gate import AuthGate, gate_for
 from deployments.router.escalation_budget import EscalationBudget, budget_from_spec
 from deployments.router.fleet_health import ServeDetailsCache, fleet_health, model_health
 
@@ -177,14 +178,6 @@ class ServeBackend:
         raise AssertionError("unreachable")
 
 
-def api_keys_from_env(spec: FleetSpec) -> frozenset[str]:
-    """Keys from the environment variable the spec names (comma-separated); empty when none is named."""
-    if not spec.server.api_keys_env:
-        return frozenset()
-    raw = os.environ.get(spec.server.api_keys_env, "")
-    return frozenset(key.strip() for key in raw.split(",") if key.strip())
-
-
 def model_handles(spec: FleetSpec) -> dict[str, DeploymentHandle]:
     """A handle per spec model, to the deployment in that model's own app.
 
@@ -225,7 +218,7 @@ class RouterState:
     prices: PriceBook
     backend: ServeBackend
     runner: PipelineRunner
-    api_keys: frozenset[str]
+    gate: AuthGate
     budget: EscalationBudget
 
 
@@ -248,10 +241,8 @@ def router_state(config: dict[str, Any], metrics: FleetMetrics, shared: FleetSta
         stream_model=backend.stream,
         budget=budget,
     )
-    api_keys = api_keys_from_env(spec)
-    if spec.server.api_keys_env and not api_keys:
-        raise RuntimeError(f"server.api_keys_env names {spec.server.api_keys_env}, which holds no keys")
-    return RouterState(spec, prices, backend, runner, api_keys, budget)
+    gate = gate_for(spec, os.environ)  # refuses (raises) a router exposed without keys, however it was launched
+    return RouterState(spec, prices, backend, runner, gate, budget)
 
 
 @serve.ingress()
@@ -273,7 +264,7 @@ class Router:
         self.swappable.current = build_api(
             state.spec,
             state.backend,
-            state.api_keys,
+            state.gate,
             state.runner,
             state.prices,
             on_escalation=self.metrics.record_chat_escalation,

@@ -11,6 +11,7 @@ from deployments.pipeline.runner import PipelineRunner
 from deployments.pipeline.tools import ToolRegistry
 from deployments.protocol import GenerationError, GenerationResult, StreamDelta
 from deployments.router.api import build_api
+from deployments.router.auth_gate import AuthGate, parse_keys
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = load_spec(ROOT / "fleet.yaml")
@@ -45,8 +46,10 @@ class FakeBackend:
         return False
 
 
-def client(backend=None, keys=frozenset()):
-    return TestClient(build_api(SPEC, backend or FakeBackend(), keys), raise_server_exceptions=False)
+def client(backend=None, keys=""):
+    return TestClient(
+        build_api(SPEC, backend or FakeBackend(), AuthGate(parse_keys(keys))), raise_server_exceptions=False
+    )
 
 
 def post(c, body, **kw):
@@ -154,7 +157,7 @@ def test_stream_error_before_first_token_is_a_plain_http_error():
 
 
 def test_api_keys_required_when_configured_but_health_stays_open():
-    c = client(keys=frozenset({"k-123"}))
+    c = client(keys="k-123")
     assert_openai_error(post(c, {"model": "smol", "messages": HELLO}), 401, "invalid_api_key")
     wrong = post(c, {"model": "smol", "messages": HELLO}, headers={"Authorization": "Bearer nope"})
     assert_openai_error(wrong, 401)

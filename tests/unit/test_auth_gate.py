@@ -1,0 +1,96 @@
+"""The one auth gate: key formats with identities and scopes, the exposure rule every launch path applies, and
+the route scopes the router enforces."""
+
+import copy
+
+import pytest
+from fastapi.testclient import TestClient
+
+from cluster.cost import PriceBook
+from cluster.spec import parse_spec
+from deployments.observability.metrics import FleetMetrics
+from deployments.router import ingress
+from deployments.router.api import build_api
+from deployments.router.auth_gate import (
+    AuthGate,
+    ExposureError,
+    KeyFormatError,
+    exposure_issues,
+    gate_for,
+    parse_keys,
+    required_scope,
+)
+from tests.unit.test_chat_escalation import FLEET, HELLO, ScriptedBackend
+
+
+def spec(host="127.0.0.1", keys_env=None):
+    data = copy.deepcopy(FLEET)
+    data["server"] = {"host": host, **({"api_keys_env": keys_env} if keys_env else {})}
+    return parse_spec(data)
+
+
+def test_key_entries_carry_identities_and_scopes():
+    keys = parse_keys("sk-plain, alice=sk-a, ops:admin+serving=sk-o, auditor:logs=sk-l")
+    by_identity = {k.identity: k for k in keys}
+    plain = next(k for k in keys if k.secret == "sk-plain")
+    assert plain.identity.startswith("key-") and "sk-plain" not in plain.identity
+    assert plain.scopes == by_identity["alice"].scopes == {"serving"}
+    assert by_identity["ops"].scopes == {"admin", "serving"}
+    assert by_identity["auditor"].scopes == {"logs"}
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [("ops:root=sk-1", "unknown scopes ['root']"), ("a=sk-1,a=sk-2", "share an identity"), ("a b=c", "entry 1")],
+)
+def test_bad_key_entries_are_named_by_position_never_by_secret(raw, says):
+    with pytest.raises(KeyFormatError, match=says.replace("[", r"\[").replace("]", r"\]")) as err:
+        parse_keys(raw)
+    assert "sk-" not in str(err.value)
+
+
+def test_exposed_without_keys_or_with_an_empty_key_variable_may_not_start():
+    (issue,) = exposure_issues(spec(host="0.0.0.0"), "0.0.0.0", {})
+    assert issue.path == "server.host" and "without API keys" in issue.problem
+    (issue,) = exposure_issues(spec(host="0.0.0.0", keys_env="FLEET_KEYS"), "0.0.0.0", {"FLEET_KEYS": " "})
+    assert issue.path == "server.api_keys_env" and "unset or empty" in issue.problem
+    (issue,) = exposure_issues(spec(keys_env="FLEET_KEYS"), "127.0.0.1", {"FLEET_KEYS": "a:nope=k"})
+    assert "unknown scopes" in issue.problem
+    assert exposure_issues(spec(), "127.0.0.1", {}) == []  # loopback may be open
+    assert exposure_issues(spec(host="0.0.0.0", keys_env="FLEET_KEYS"), "0.0.0.0", {"FLEET_KEYS": "k"}) == []
+
+
+def test_a_router_replica_refuses_to_start_exposed_without_keys_however_it_was_launched(monkeypatch):
+    """``serve run`` of a rendered config and KubeRay both start the router from its user_config: the same rule."""
+    monkeypatch.setattr(ingress, "model_handles", lambda _spec: {})
+    exposed = {"spec": spec(host="0.0.0.0").model_dump(mode="json", exclude_unset=True)}
+    with pytest.raises(ExposureError, match="binding beyond loopback without API keys"):
+        ingress.router_state(exposed, FleetMetrics(PriceBook({}), None))
+    monkeypatch.setenv("FLEET_KEYS", "ops:admin+serving=sk-1")
+    keyed = {"spec": spec(host="0.0.0.0", keys_env="FLEET_KEYS").model_dump(mode="json", exclude_unset=True)}
+    state = ingress.router_state(keyed, FleetMetrics(PriceBook({}), None))
+    assert [k.identity for k in state.gate.keys] == ["ops"]
+
+
+def test_routes_need_their_scope_and_health_stays_open():
+    assert required_scope("/healthz") is None
+    assert required_scope("/v1/chat/completions") == required_scope("/v1/models") == "serving"
+    assert required_scope("/admin/adapters") == "admin" and required_scope("/v1/logs/segments") == "logs"
+    gate = gate_for(spec(keys_env="K"), {"K": "app=sk-app,auditor:logs=sk-logs"})
+    backend = ScriptedBackend(smol="hello")
+    c = TestClient(build_api(spec(), backend, gate), raise_server_exceptions=False)
+    body = {"model": "smol", "messages": HELLO}
+
+    def chat(key):
+        return c.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"})
+
+    assert chat("sk-app").status_code == 200
+    wrong_scope = chat("sk-logs")
+    assert wrong_scope.status_code == 403 and wrong_scope.json()["error"]["code"] == "insufficient_scope"
+    assert "auditor" in wrong_scope.json()["error"]["message"] and "sk-logs" not in wrong_scope.text
+    assert chat("sk-nope").status_code == 401
+    assert c.get("/healthz").status_code == 200
+
+
+def test_no_keys_is_an_open_gate():
+    assert AuthGate().open and AuthGate().authenticate("Bearer anything") is None
