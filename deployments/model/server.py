@@ -151,7 +151,8 @@ class ModelServer:
             yield self._failed("bad_request", str(exc))
             return
         except EngineDeadError as exc:
-            yield self._failed("engine_dead", f"the engine of model '{self.model_name}' died: {exc}")
+            log.warning("model %s: engine dead: %r", self.model_name, exc)
+            yield self._failed("engine_dead", f"the engine of model '{self.model_name}' died")
             return
         finally:
             self.throughput.finished(tally.prompt_tokens + tally.completion_tokens)

@@ -15,6 +15,7 @@ those are no-op spans; tests pass a ``tracer_provider`` of their own.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -50,6 +51,7 @@ ModelCaller = Callable[[str, GenerationRequest], Awaitable[GenerationResult]]
 ModelStreamer = Callable[[str, GenerationRequest], AsyncIterator[StreamDelta | GenerationResult]]
 Emit = Callable[[StepEvent], None]
 DEFAULT_MAX_TOKENS = 256
+log = logging.getLogger(__name__)
 
 
 class UnknownPipelineError(LookupError):
@@ -531,7 +533,8 @@ class PipelineRunner:
         except TimeoutError:
             return CallOutcome(None, f"timeout after {timeout_s}s")
         except Exception as exc:  # a dead replica, a missing deployment: the policy decides, nothing is hidden
-            return CallOutcome(None, f"{type(exc).__name__}: {exc}")
+            log.warning("model call to %s raised", model, exc_info=True)  # details stay in the log
+            return CallOutcome(None, f"the call to model '{model}' raised {type(exc).__name__}")
 
     async def _call_tool(self, run: _Run, tool: str, args: Any) -> ToolResult:
         attributes = {"slmfleet.tool": tool, "slmfleet.pipeline": run.plan.name}

@@ -112,11 +112,11 @@ class ServeBackend:
                 response.cancel()  # the replica's generator is cancelled and vLLM aborts the request
                 raise
             except BackPressureError as exc:
-                yield failure(model, "overloaded", f"model '{model}' is at capacity: {exc}")
+                yield _at_capacity(model, exc)
                 return
             except (*REPLICA_LOST, DeploymentUnavailableError) as exc:
                 if sent_any or attempt == 1:  # part of the answer already left: a retry would repeat it
-                    yield failure(model, "engine_dead", f"model '{model}' lost its replica: {exc}")
+                    yield _replica_lost(model, exc)
                     return
                 await asyncio.sleep(RETRY_DELAY_S)
 
@@ -163,10 +163,10 @@ class ServeBackend:
             try:
                 result = await call()
             except BackPressureError as exc:
-                return failure(model, "overloaded", f"model '{model}' is at capacity: {exc}")
+                return _at_capacity(model, exc)
             except (*REPLICA_LOST, DeploymentUnavailableError) as exc:
                 if attempt == 1:
-                    return failure(model, "engine_dead", f"model '{model}' has no live replica: {exc}")
+                    return _replica_lost(model, exc)
                 log.warning("model %s lost a replica mid-request; retrying once: %s", model, exc)
                 await asyncio.sleep(RETRY_DELAY_S)
                 continue
@@ -176,6 +176,17 @@ class ServeBackend:
             log.warning("model %s answered from a dead engine; retrying once on any live replica", model)
             await asyncio.sleep(RETRY_DELAY_S)
         raise AssertionError("unreachable")
+
+
+def _at_capacity(model: str, exc: Exception) -> GenerationResult:
+    log.warning("model %s refused a request at its handle: %r", model, exc)
+    return failure(model, "overloaded", f"model '{model}' is at capacity; retry later")
+
+
+def _replica_lost(model: str, exc: Exception) -> GenerationResult:
+    """Ray's exception text (addresses, tracebacks) goes to the log, not to the client."""
+    log.warning("model %s lost its replica: %r", model, exc)
+    return failure(model, "engine_dead", f"model '{model}' has no live replica ({type(exc).__name__})")
 
 
 def model_handles(spec: FleetSpec) -> dict[str, DeploymentHandle]:
