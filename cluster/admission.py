@@ -19,6 +19,9 @@ from dataclasses import dataclass
 DEFAULT_QUEUE_OBJECTIVE_S = 10.0
 """A model's queue-wait budget when neither the spec nor the request sets one."""
 MIN_RETRY_AFTER_S = 1
+PRIORITY_SHARE = {"high": 1.0, "normal": 0.8, "low": 0.5}
+"""The share of the queue-wait budget each priority class may use: as a queue grows, low requests are refused
+first, then normal ones; high ones wait up to the whole objective."""
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,13 @@ class Admission:
     expected_wait_s: float | None = None
     reason: str = ""
     retry_after_s: int = 0
+
+
+def queue_budget(objective_s: float, priority: str, caller_budget_s: float | None) -> float:
+    """How long a request may wait for a batch slot: its priority class's share of the model's objective, or the
+    caller's own budget (a specialist's objective, a pipeline's time left) when that is smaller."""
+    budget = objective_s * PRIORITY_SHARE.get(priority, PRIORITY_SHARE["normal"])
+    return budget if caller_budget_s is None else min(budget, caller_budget_s)
 
 
 def decide_admission(

@@ -194,6 +194,22 @@ class PoolSpec(StrictModel):
         return self
 
 
+Priority = Literal["high", "normal", "low"]
+
+
+class KeyPolicySpec(StrictModel):
+    """What one API key (by its identity) may do: its request rate and its priority under overload."""
+
+    requests_per_min: int | None = Field(
+        None, ge=1, description="requests this key may make per minute across all routers; beyond it: 429"
+    )
+    priority: Priority = Field(
+        "normal",
+        description="under overload low is refused first (half the queue-wait budget), then normal (0.8), then high; "
+        "a request may lower its own with the X-Slmfleet-Priority header, never raise it",
+    )
+
+
 class RouterReplicasSpec(StrictModel):
     """How many router replicas run; Serve's default policy scales them on ongoing requests.
 
@@ -229,6 +245,9 @@ class ServerSpec(StrictModel):
     request_timeout_s: float = Field(120.0, gt=0, description="a model call's limit (a stream's: to its first token)")
     stream_timeout_s: float = Field(
         600.0, gt=0, description="a whole streamed answer's limit; past it the stream ends with a timeout error event"
+    )
+    keys: dict[str, KeyPolicySpec] = Field(
+        default_factory=dict, description="per key identity (see api_keys_env): request rate and priority"
     )
     idempotency_ttl_s: float = Field(
         86400.0, gt=0, description="how long a pipeline run's result is kept for repeats of its Idempotency-Key"

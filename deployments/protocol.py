@@ -111,6 +111,7 @@ class GenerationRequest:
     tools: Tools | None = None
     trace_context: dict[str, str] | None = None  # W3C trace headers, so the model's span joins the caller's trace
     queue_budget_s: float | None = None  # how long it may wait for a batch slot (a pipeline's time left); see admission
+    priority: str = "normal"  # the caller's class (its key's, or lower): low is refused first under overload
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import ray
 from opentelemetry import trace
 
-from cluster.admission import DEFAULT_QUEUE_OBJECTIVE_S, Admission, decide_admission
+from cluster.admission import DEFAULT_QUEUE_OBJECTIVE_S, Admission, decide_admission, queue_budget
 from cluster.autoscaling_policy import OBJECTIVE_METRIC, WAIT_METRIC
 from cluster.model_store import resolve_source
 from cluster.spec import ModelSpec
@@ -78,11 +78,9 @@ class ModelServer:
         return {WAIT_METRIC: wait, OBJECTIVE_METRIC: self.latency_objective_s}
 
     def admission(self, request: GenerationRequest, work: float) -> Admission:
-        """Whether ``request`` (``work`` expected tokens) may queue here: its expected wait against the model's
-        objective, or the caller's own smaller budget (a pipeline's time left)."""
-        budget = self.latency_objective_s
-        if request.queue_budget_s is not None:
-            budget = min(budget, request.queue_budget_s)
+        """Whether ``request`` (``work`` expected tokens) may queue here: its expected wait against its priority
+        class's share of the model's objective, or the caller's own smaller budget (a pipeline's time left)."""
+        budget = queue_budget(self.latency_objective_s, request.priority, request.queue_budget_s)
         return decide_admission(
             work_ahead_tokens=self.slots.waiting_work,
             decode_rate_tokens_per_s=self.decode.tokens_per_s(),

@@ -22,12 +22,13 @@ from cluster.spec import FleetSpec
 from deployments.pipeline.idempotency import IdempotentRuns
 from deployments.pipeline.routes import PIPELINE_PREFIX, add_pipeline_routes
 from deployments.pipeline.runner import PipelineRunner
-from deployments.router.auth_gate import AuthGate, required_scope
+from deployments.router.auth_gate import CALLER_PRIORITY, PRIORITIES, PRIORITY_HEADER, AuthGate, required_scope
 from deployments.router.chat_endpoint import ChatEndpoint, ModelBackend
 from deployments.router.escalation_budget import EscalationBudget
 from deployments.router.fleet_health import is_serving
 from deployments.router.openai_api import (
     ChatCompletionRequest,
+    error_body,
     error_response,
     retry_after_headers,
     validation_error_body,
@@ -62,8 +63,7 @@ def build_api(
     llm = llm_reference_model(spec)  # the counterfactual's model, fixed for the app's life
     app = FastAPI(title="slm-fleet router", docs_url=None, redoc_url=None)
     _install_error_handlers(app)
-    if not gate.open:
-        app.middleware("http")(_require_key(gate))
+    app.middleware("http")(_gatekeeper(gate))
     app.middleware("http")(_trace_request)
     if runner is not None:
         add_pipeline_routes(app, runner, idempotent)
@@ -155,25 +155,49 @@ async def _trace_request(request: Request, call_next: Callable[[Request], Awaita
         return response
 
 
-def _require_key(
+def _gatekeeper(
     gate: AuthGate,
 ) -> Callable[[Request, Callable[[Request], Awaitable[Response]]], Awaitable[Response]]:
-    """Every route but the open ones needs a key with the route's scope; the key's identity rides on the request
-    (``request.state.key_identity``) for logs and quotas."""
+    """Every route but the open ones needs a key with the route's scope, within its rate; the request's priority
+    class (its key's, or lower by header) rides with it into every model call (:data:`CALLER_PRIORITY`)."""
 
     async def check(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         scope = required_scope(request.url.path)
         if scope is None:
             return await call_next(request)
-        key = gate.authenticate(request.headers.get("authorization", ""))
-        if key is None:
-            return error_response(401, "Missing or invalid API key in 'Authorization: Bearer <key>'", "invalid_api_key")
-        if scope not in key.scopes:
-            return error_response(403, f"this key ({key.identity}) lacks the '{scope}' scope", "insufficient_scope")
-        request.state.key_identity = key.identity
-        return await call_next(request)
+        refused, identity = await _authorize(gate, request, scope)
+        if refused is not None:
+            return refused
+        priority = gate.priority(identity, request.headers.get(PRIORITY_HEADER))
+        if priority is None:
+            return error_response(400, f"{PRIORITY_HEADER} must be one of {', '.join(PRIORITIES)}", "invalid_priority")
+        token = CALLER_PRIORITY.set(priority)
+        try:
+            return await call_next(request)
+        finally:
+            CALLER_PRIORITY.reset(token)
 
     return check
+
+
+async def _authorize(gate: AuthGate, request: Request, scope: str) -> tuple[Response | None, str | None]:
+    """(a refusal, or None; the key's identity): 401 without a valid key, 403 without the scope, 429 over rate."""
+    if gate.open:
+        return None, None
+    key = gate.authenticate(request.headers.get("authorization", ""))
+    if key is None:
+        return error_response(
+            401, "Missing or invalid API key in 'Authorization: Bearer <key>'", "invalid_api_key"
+        ), None
+    if scope not in key.scopes:
+        return error_response(403, f"this key ({key.identity}) lacks the '{scope}' scope", "insufficient_scope"), None
+    request.state.key_identity = key.identity
+    wait = await gate.over_quota(key.identity)
+    if wait is None:
+        return None, key.identity
+    message = f"key {key.identity} is over its requests_per_min; retry in {wait} s"
+    body = error_body(message, "rate_limit_error", "rate_limit_exceeded", retry_after_s=wait)
+    return JSONResponse(body, status_code=429, headers=retry_after_headers(429, body)), key.identity
 
 
 def _install_error_handlers(app: FastAPI) -> None:

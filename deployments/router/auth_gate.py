@@ -9,24 +9,41 @@ Keys come from the environment variable ``server.api_keys_env`` names, comma-sep
 ``<key>`` (identity ``key-<hash>``, scope ``serving``), ``<identity>=<key>`` (scope ``serving``), or
 ``<identity>:<scope>+<scope>=<key>`` with scopes from :data:`SCOPES`. Identities name a key in logs, quotas
 and admin routes without revealing it. Every route needs a key with its scope, except ``/healthz``.
+
+Per identity, ``server.keys`` sets a request rate (``requests_per_min``, counted across every router replica in the
+shared store: beyond it 429 with ``Retry-After``) and a priority class, which a request may lower with the
+``X-Slmfleet-Priority`` header but never raise. The class travels with every model call the request makes
+(:data:`CALLER_PRIORITY`), and a model replica under pressure refuses low before normal before high.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import math
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 
-from cluster.spec import FleetSpec, is_loopback
+from cluster.spec import FleetSpec, KeyPolicySpec, is_loopback
 from cluster.spec_errors import SpecIssue
+from deployments.fleet_state_core import Consumed
+
+log = logging.getLogger(__name__)
 
 SCOPES = ("serving", "admin", "logs")
 """serving: the OpenAI and pipeline routes; admin: fleet changes (adapters, promotions); logs: the usage log."""
 OPEN_PATHS = frozenset({"/healthz"})
 ADMIN_PREFIX = "/admin/"
 LOGS_PREFIX = "/v1/logs"
+PRIORITY_HEADER = "X-Slmfleet-Priority"
+PRIORITIES = ("high", "normal", "low")
+QUOTA_NAMESPACE, QUOTA_WINDOW_S = "key_quota", 60.0
+CALLER_PRIORITY: ContextVar[str] = ContextVar("slmfleet_priority", default="normal")
+"""The priority class of the request being served; asyncio copies it into the tasks the request starts."""
+Consume = Callable[[str, str, float, float, float], Awaitable[Consumed]]
 _ENTRY = re.compile(r"^(?:(?P<identity>[A-Za-z0-9_.-]+)(?::(?P<scopes>[a-z+]+))?=)?(?P<key>\S+)$")
 
 
@@ -43,9 +60,37 @@ class ApiKey:
 
 @dataclass(frozen=True)
 class AuthGate:
-    """The keys a router accepts; no keys means open (only ever on loopback: see :func:`exposure_issues`)."""
+    """The keys a router accepts; no keys means open (only ever on loopback: see :func:`exposure_issues`).
+
+    ``policies`` are ``server.keys`` by identity; ``consume`` is the shared store's windowed counter (None: no
+    rate quotas can be counted, so none apply)."""
 
     keys: tuple[ApiKey, ...] = ()
+    policies: Mapping[str, KeyPolicySpec] = field(default_factory=dict)
+    consume: Consume | None = None
+
+    def priority(self, identity: str | None, asked: str | None) -> str | None:
+        """The request's class: its key's, or lower when the header asks; None when ``asked`` is no class."""
+        own = self.policies[identity].priority if identity in self.policies else "normal"
+        if asked is None:
+            return own
+        asked = asked.strip().lower()
+        if asked not in PRIORITIES:
+            return None
+        return max(own, asked, key=PRIORITIES.index)  # later in PRIORITIES is lower: a header only lowers
+
+    async def over_quota(self, identity: str) -> int | None:
+        """Spend one request of ``identity``'s rate: None when within it, else whole seconds until there is room.
+        A store that does not answer lets the request through (logged): a quota must not fail requests itself."""
+        policy = self.policies.get(identity)
+        if policy is None or policy.requests_per_min is None or self.consume is None:
+            return None
+        try:
+            taken = await self.consume(QUOTA_NAMESPACE, identity, 1, policy.requests_per_min, QUOTA_WINDOW_S)
+        except Exception as exc:
+            log.warning("quota of %s unreadable, request let through: %r", identity, exc)
+            return None
+        return None if taken.allowed else max(1, math.ceil(taken.retry_after_s))
 
     @property
     def open(self) -> bool:
@@ -110,17 +155,29 @@ def exposure_issues(spec: FleetSpec, host: str, environ: Mapping[str, str]) -> l
     if not env and not is_loopback(host):
         fix = "set server.api_keys_env to a variable holding keys, or use host 127.0.0.1"
         return [SpecIssue("server.host", host, "binding beyond loopback without API keys", fix)]
-    return []
+    identities = {k.identity for k in parse_keys(environ[env])} if env else set()
+    return [
+        SpecIssue(
+            f"server.keys.{name}",
+            name,
+            f"no key in {env or 'server.api_keys_env'} has this identity",
+            f"name a key {name}=<key> in {env or 'the keys variable'}, or remove server.keys.{name}",
+        )
+        for name in spec.server.keys
+        if name not in identities
+    ]
 
 
-def gate_for(spec: FleetSpec, environ: Mapping[str, str], host: str | None = None) -> AuthGate:
+def gate_for(
+    spec: FleetSpec, environ: Mapping[str, str], host: str | None = None, consume: Consume | None = None
+) -> AuthGate:
     """The gate of a router serving ``spec`` on ``host`` (default the spec's); raises :class:`ExposureError`
     when :func:`exposure_issues` finds any, so the router refuses to start."""
     issues = exposure_issues(spec, host or spec.server.host, environ)
     if issues:
         raise ExposureError(issues)
     env = spec.server.api_keys_env
-    return AuthGate(parse_keys(environ[env]) if env else ())
+    return AuthGate(parse_keys(environ[env]) if env else (), dict(spec.server.keys), consume)
 
 
 class ExposureError(RuntimeError):

@@ -33,7 +33,7 @@ from deployments.pipeline.runner import PipelineRunner
 from deployments.pipeline.tools import ToolRegistry
 from deployments.protocol import GenerationRequest, GenerationResult, StreamDelta, failure
 from deployments.router.api import build_api
-from deployments.router.auth_gate import AuthGate, gate_for
+from deployments.router.auth_gate import CALLER_PRIORITY, AuthGate, gate_for
 from deployments.router.escalation_budget import EscalationBudget, budget_from_spec
 from deployments.router.fleet_health import ServeDetailsCache, fleet_health, model_health
 
@@ -77,7 +77,11 @@ class ServeBackend:
                 min(budget, specialist.latency_objective_s) if budget is not None else specialist.latency_objective_s
             )
         return replace(
-            request, specialist_spec=specialist, trace_context=current_context_carrier(), queue_budget_s=budget
+            request,
+            specialist_spec=specialist,
+            trace_context=current_context_carrier(),
+            queue_budget_s=budget,
+            priority=CALLER_PRIORITY.get(),
         )
 
     async def complete(self, model: str, request: GenerationRequest) -> GenerationResult:
@@ -252,7 +256,8 @@ def router_state(config: dict[str, Any], metrics: FleetMetrics, shared: FleetSta
         stream_model=backend.stream,
         budget=budget,
     )
-    gate = gate_for(spec, os.environ)  # refuses (raises) a router exposed without keys, however it was launched
+    # refuses (raises) a router exposed without keys, however it was launched
+    gate = gate_for(spec, os.environ, consume=shared.consume if shared is not None else None)
     return RouterState(spec, prices, backend, runner, gate, budget)
 
 

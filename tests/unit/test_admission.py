@@ -3,7 +3,7 @@ come back. And the measurements it is fed: the decode rate of a full batch and w
 
 import pytest
 
-from cluster.admission import decide_admission
+from cluster.admission import PRIORITY_SHARE, decide_admission, queue_budget
 from deployments.model.decode_rate import DEFAULT_EXPECTED_TOKENS, MIN_SAMPLES, DecodeRate
 
 
@@ -74,3 +74,19 @@ def test_a_request_costs_its_max_tokens_capped_by_the_longest_recent_answer():
     assert rate.expected_tokens(512) == 20  # this model's answers run to 20 tokens, not 512
     assert rate.expected_tokens(5) == 5
     assert rate.expected_tokens(None) == 20
+
+
+def test_under_pressure_low_priority_is_refused_first_then_normal_then_high():
+    # 7 s of work queued against a 10 s objective: high (10 s) fits, normal (8 s) fits, low (5 s) does not
+    verdicts = {
+        p: admit(work_ahead_tokens=700.0, budget_s=queue_budget(10.0, p, None)).admitted for p in PRIORITY_SHARE
+    }
+    assert verdicts == {"high": True, "normal": True, "low": False}
+    nine = {p: admit(work_ahead_tokens=900.0, budget_s=queue_budget(10.0, p, None)).admitted for p in PRIORITY_SHARE}
+    assert nine == {"high": True, "normal": False, "low": False}
+
+
+def test_a_callers_own_smaller_budget_wins_over_its_class_share():
+    assert queue_budget(10.0, "high", 2.5) == 2.5
+    assert queue_budget(10.0, "low", 30.0) == 5.0
+    assert queue_budget(10.0, "unknown-class", None) == 8.0  # treated as normal

@@ -94,3 +94,41 @@ def test_routes_need_their_scope_and_health_stays_open():
 
 def test_no_keys_is_an_open_gate():
     assert AuthGate().open and AuthGate().authenticate("Bearer anything") is None
+
+
+def keyed(per_min=None, priority="normal"):
+    data = copy.deepcopy(FLEET)
+    data["server"] = {"api_keys_env": "K", "keys": {"app": {"requests_per_min": per_min, "priority": priority}}}
+    return parse_spec(data)
+
+
+def test_a_key_over_its_rate_gets_429_with_retry_after_counted_in_the_shared_store():
+    from tests.unit.test_escalation_budget import shared_store
+
+    s = keyed(per_min=2)
+    gate = gate_for(s, {"K": "app=sk-app,batch=sk-b"}, consume=shared_store())
+    c = TestClient(build_api(s, ScriptedBackend(smol="hi"), gate), raise_server_exceptions=False)
+
+    def chat(key):
+        headers = {"Authorization": f"Bearer {key}"}
+        return c.post("/v1/chat/completions", json={"model": "smol", "messages": HELLO}, headers=headers)
+
+    assert [chat("sk-app").status_code for _ in range(2)] == [200, 200]
+    over = chat("sk-app")
+    assert over.status_code == 429 and over.json()["error"]["code"] == "rate_limit_exceeded"
+    assert over.headers["Retry-After"] == "60" and "app" in over.json()["error"]["message"]
+    assert chat("sk-b").status_code == 200  # another key has its own (here: no) quota
+
+
+def test_a_header_may_lower_a_keys_priority_never_raise_it():
+    gate = gate_for(keyed(priority="normal"), {"K": "app=sk-app"})
+    assert gate.priority("app", None) == "normal"
+    assert gate.priority("app", "low") == "low"
+    assert gate.priority("app", "high") == "normal"
+    assert gate.priority("app", "urgent") is None  # not a class: the router answers 400
+    assert AuthGate().priority(None, "high") == "normal"
+
+
+def test_policies_must_name_a_key_that_exists():
+    (issue,) = exposure_issues(keyed(), "127.0.0.1", {"K": "other=sk-1"})
+    assert issue.path == "server.keys.app" and "no key in K has this identity" in issue.problem

@@ -122,3 +122,23 @@ def test_each_answer_feeds_its_replicas_measured_throughput_into_the_price_book(
     asyncio.run(ServeBackend({"m": handle}, metrics=metrics).complete("m", GenerationRequest("r", [])))
     # 0.5 $/h per replica / 500,000 tokens/h x 1000 = 0.001 per 1k tokens, already used for this very call
     assert metrics.calls == [("m", 0.001)]
+
+
+def test_requests_carry_the_callers_priority_and_the_tightest_queue_budget():
+    from cluster.spec import SpecialistSpec
+    from deployments.protocol import GenerationRequest
+    from deployments.router.auth_gate import CALLER_PRIORITY
+
+    interactive = SpecialistSpec(model="m", latency_objective_s=2.0)
+    handle = RecordingHandle()
+    backend = ServeBackend({"m": handle}, {"chat": interactive})
+
+    async def calls():
+        CALLER_PRIORITY.set("low")  # what the router's gate sets for the request
+        await backend.complete("m", GenerationRequest("r1", [], specialist="chat"))
+        await backend.complete("m", GenerationRequest("r2", [], specialist="chat", queue_budget_s=0.5))
+        await backend.complete("m", GenerationRequest("r3", []))
+
+    asyncio.run(calls())
+    assert [r.priority for r in handle.seen] == ["low", "low", "low"]
+    assert [r.queue_budget_s for r in handle.seen] == [2.0, 0.5, None]
