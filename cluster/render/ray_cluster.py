@@ -51,7 +51,9 @@ def build_ray_cluster(spec: FleetSpec, plan: Plan) -> dict[str, Any]:
         "head_start_ray_commands": [
             "ray stop",
             f"{_load_env()} ulimit -n 65536; ray start --head --port=6379 --object-manager-port=8076 "
-            "--autoscaling-config=~/ray_bootstrap_config.yaml --dashboard-host=0.0.0.0",
+            # the dashboard (and Serve's deploy API on it) stays on the head's loopback: reach it through
+            # `ray dashboard ray-cluster.yaml` (an SSH tunnel), never from the network
+            "--autoscaling-config=~/ray_bootstrap_config.yaml --dashboard-host=127.0.0.1",
         ],
         "worker_start_ray_commands": [
             "ray stop",
