@@ -50,6 +50,7 @@ _DEPLOYMENT_KEYS = (
     "user_config",
     "health_check_period_s",
     "health_check_timeout_s",
+    "graceful_shutdown_timeout_s",
 )
 
 
@@ -70,6 +71,8 @@ def model_deployment(plan: Plan, spec: FleetSpec, model: str) -> dict[str, Any]:
         "name": model_deployment_name(model),
         "health_check_period_s": HEALTH_CHECK_PERIOD_S,
         "health_check_timeout_s": HEALTH_CHECK_TIMEOUT_S,
+        # a replica stopped by a scale-down or a rolling change finishes what it holds first: up to one model call
+        "graceful_shutdown_timeout_s": spec.server.request_timeout_s,
     }
     return {key: options[key] for key in _DEPLOYMENT_KEYS if key in options}
 
@@ -88,6 +91,7 @@ def router_deployment(spec: FleetSpec, replica_per_hour: dict[str, float] | None
         "max_ongoing_requests": spec.server.max_ongoing_requests,
         "max_queued_requests": spec.server.max_queued_requests,
         "user_config": {"spec": spec_mapping(spec), "replica_per_hour": replica_per_hour or {}},
+        "graceful_shutdown_timeout_s": spec.server.stream_timeout_s,  # open streams drain before a replica stops
     }
 
 

@@ -5,9 +5,11 @@ Imported only inside model replicas (and benchmarks), never by ``cluster/``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,6 +82,9 @@ class ChatEngine:
     def __init__(self, engine: AsyncLLM, max_model_len: int) -> None:
         self.engine = engine
         self.max_model_len = max_model_len
+        # chat templating and tokenization (milliseconds for a long prompt) run here, one at a time (the tokenizer
+        # is not made to be shared across threads), off the replica's event loop, which serves every request
+        self._templating = ThreadPoolExecutor(max_workers=1, thread_name_prefix="templating")
         self.tokenizer = engine.get_tokenizer()
         self.native_tools = template_supports_tools(getattr(self.tokenizer, "chat_template", None))
 
@@ -109,7 +114,7 @@ class ChatEngine:
         ``incremental=False`` asks the engine for the final output only: one wake-up per request instead of one
         per token, which matters when the replica shares a small CPU with the engine.
         """
-        ids = self.prompt_ids(call)
+        ids = await asyncio.get_running_loop().run_in_executor(self._templating, self.prompt_ids, call)
         room = self.max_model_len - len(ids)
         if room <= 0:
             raise PromptTooLongError(
@@ -139,6 +144,7 @@ class ChatEngine:
         await self.engine.check_health()
 
     def shutdown(self) -> None:
+        self._templating.shutdown(wait=False)
         self.engine.shutdown()
 
 

@@ -188,6 +188,11 @@ def test_serve_config_deployments_carry_the_plan_options(production) -> None:
     assert len(llm["placement_group_bundles"]) == 4
     assert deployments["model-qwen2-5-0-5b"]["ray_actor_options"]["resources"] == {pool_resource("l4"): 1}
     assert deployments["router"]["max_ongoing_requests"] == spec.server.max_ongoing_requests
+    # stopped replicas drain first: a model's for up to one call, the router's for up to one whole stream
+    assert all(
+        deployments[f"model-{m}"]["graceful_shutdown_timeout_s"] == spec.server.request_timeout_s for m in spec.models
+    )
+    assert deployments["router"]["graceful_shutdown_timeout_s"] == spec.server.stream_timeout_s
 
 
 def test_app_builders_take_the_configs_args(production) -> None:
