@@ -121,11 +121,14 @@ class GenerationError:
     kind: ErrorKind
     message: str
     retry_after_s: int | None = None  # an ``overloaded`` refusal: when the queue is expected to have drained
+    expected_wait_s: float | None = None  # an ``overloaded`` refusal: the wait the replica foresaw (None: unknown)
 
 
-def failure(model: str, kind: ErrorKind, message: str, retry_after_s: int | None = None) -> GenerationResult:
+def failure(
+    model: str, kind: ErrorKind, message: str, retry_after_s: int | None = None, expected_wait_s: float | None = None
+) -> GenerationResult:
     """A result that carries only an error."""
-    return GenerationResult(model=model, error=GenerationError(kind, message, retry_after_s))
+    return GenerationResult(model=model, error=GenerationError(kind, message, retry_after_s, expected_wait_s))
 
 
 @dataclass

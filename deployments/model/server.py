@@ -178,7 +178,7 @@ class ModelServer:
     def _refused(self, verdict: Admission) -> GenerationResult:
         self.last_refusal = (time.monotonic(), verdict.expected_wait_s or 0.0)
         message = f"model '{self.model_name}' is at capacity: {verdict.reason}"
-        return failure(self.model_name, "overloaded", message, verdict.retry_after_s)
+        return failure(self.model_name, "overloaded", message, verdict.retry_after_s, verdict.expected_wait_s)
 
     def _failed(self, kind: ErrorKind, message: str) -> GenerationResult:
         log.warning("model %s: %s: %s", self.model_name, kind, message)

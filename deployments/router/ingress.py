@@ -21,6 +21,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
+from cluster.admission import DEFAULT_QUEUE_OBJECTIVE_S, queue_budget
 from cluster.cost import PriceBook, llm_reference_model
 from cluster.render.common import model_deployment_name
 from cluster.spec import FleetSpec, SpecialistSpec, parse_spec
@@ -36,6 +37,7 @@ from deployments.router.api import build_api
 from deployments.router.auth_gate import CALLER_PRIORITY, AuthGate, gate_for
 from deployments.router.escalation_budget import EscalationBudget, budget_from_spec
 from deployments.router.fleet_health import ServeDetailsCache, fleet_health, model_health
+from deployments.router.refusal_memo import RefusalMemo
 
 log = logging.getLogger(__name__)
 REPLICA_LOST = (RayActorError, ActorDiedError, ActorUnavailableError, ReplicaUnavailableError)
@@ -57,8 +59,10 @@ class ServeBackend:
         specialists: dict[str, SpecialistSpec] | None = None,
         metrics: FleetMetrics | None = None,
         scale_to_zero: frozenset[str] = frozenset(),
+        objectives: dict[str, float] | None = None,
     ) -> None:
-        """``scale_to_zero``: the models whose ``min_replicas`` is 0 (only they are looked up for a cold start)."""
+        """``scale_to_zero``: the models whose ``min_replicas`` is 0 (only they are looked up for a cold start);
+        ``objectives``: each model's queue-wait objective, which a recent refusal is judged against."""
         self.handles = handles
         self.specialists = specialists or {}
         self.metrics = metrics  # its price book also takes in each replica's measured throughput
@@ -66,6 +70,13 @@ class ServeBackend:
         self._controller: Any = None  # Serve's controller actor, looked up once (a GCS call) on first use
         self.scale_to_zero = scale_to_zero
         self._wakes: dict[str, asyncio.Task[None]] = {}
+        self.objectives = objectives or {}
+        self.refusals = RefusalMemo()
+
+    def _refused_here(self, model: str, request: GenerationRequest) -> GenerationResult | None:
+        """The model's recent refusal applied to this request without a call (see :mod:`refusal_memo`)."""
+        objective = self.objectives.get(model, DEFAULT_QUEUE_OBJECTIVE_S)
+        return self.refusals.check(model, queue_budget(objective, request.priority, request.queue_budget_s))
 
     def _outgoing(self, request: GenerationRequest) -> GenerationRequest:
         """The request with its specialist's settings, the caller's trace, and the specialist's queue budget
@@ -86,14 +97,23 @@ class ServeBackend:
 
     async def complete(self, model: str, request: GenerationRequest) -> GenerationResult:
         request = self._outgoing(request)
+        refused = self._refused_here(model, request)
+        if refused is not None:
+            return refused
         result = await self._with_retry(model, lambda: self.handles[model].generate.remote(request))
+        self.refusals.observe(model, result)
         self._count(model, request, result)
         return result
 
     async def stream(self, model: str, request: GenerationRequest) -> AsyncIterator[StreamDelta | GenerationResult]:
         request = self._outgoing(request)
+        refused = self._refused_here(model, request)
+        if refused is not None:
+            yield refused
+            return
         async for item in self._stream(model, request):
             if isinstance(item, GenerationResult):
+                self.refusals.observe(model, item)
                 self._count(model, request, item)
             yield item
 
@@ -245,7 +265,8 @@ def router_state(config: dict[str, Any], metrics: FleetMetrics, shared: FleetSta
     prices = PriceBook.from_spec(spec, replica_per_hour=hourly)
     metrics.prices, metrics.llm_model = prices, llm_reference_model(spec)
     at_zero = frozenset(name for name, model in spec.models.items() if model.autoscaling.min_replicas == 0)
-    backend = ServeBackend(model_handles(spec), dict(spec.specialists), metrics, at_zero)
+    objectives = {name: m.latency_objective_s or DEFAULT_QUEUE_OBJECTIVE_S for name, m in spec.models.items()}
+    backend = ServeBackend(model_handles(spec), dict(spec.specialists), metrics, at_zero, objectives)
     budget = budget_from_spec(spec, shared.consume if shared is not None else None)
     runner = PipelineRunner(
         spec,
