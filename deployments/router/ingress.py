@@ -124,14 +124,19 @@ class ServeBackend:
         self.metrics.record_call(model, request, result, CURRENT_PIPELINE.get())
 
     async def _stream(self, model: str, request: GenerationRequest) -> AsyncIterator[StreamDelta | GenerationResult]:
+        """The model's stream; a lost replica or a dead engine before anything left is retried by :func:`retry_once`
+        (the plain path's policy), after that the stream ends with the failure."""
         sent_any = False
         for attempt in range(2):
             response = self.handles[model].options(stream=True).stream.remote(request)
             try:
                 async for item in response:
+                    if isinstance(item, GenerationResult) and retry_once(attempt, sent_any, item):
+                        break  # a dead engine's answer, before any text: once more, on any live replica
                     sent_any = True
                     yield item
-                return
+                else:
+                    return
             except (GeneratorExit, asyncio.CancelledError):  # the consumer stopped (client gone, deadline):
                 response.cancel()  # the replica's generator is cancelled and vLLM aborts the request
                 raise
@@ -139,10 +144,12 @@ class ServeBackend:
                 yield _at_capacity(model, exc)
                 return
             except (*REPLICA_LOST, DeploymentUnavailableError) as exc:
-                if sent_any or attempt == 1:  # part of the answer already left: a retry would repeat it
-                    yield _replica_lost(model, exc)
+                lost = _replica_lost(model, exc)
+                if not retry_once(attempt, sent_any, lost):
+                    yield lost
                     return
-                await asyncio.sleep(RETRY_DELAY_S)
+            log.warning("model %s failed before its stream's first item; retrying once", model)
+            await asyncio.sleep(RETRY_DELAY_S)
 
     async def health(self) -> dict[str, dict[str, Any]]:
         """Each model's state from Serve's controller (:mod:`deployments.router.fleet_health`): no model is
@@ -189,17 +196,18 @@ class ServeBackend:
             except BackPressureError as exc:
                 return _at_capacity(model, exc)
             except (*REPLICA_LOST, DeploymentUnavailableError) as exc:
-                if attempt == 1:
-                    return _replica_lost(model, exc)
-                log.warning("model %s lost a replica mid-request; retrying once: %s", model, exc)
-                await asyncio.sleep(RETRY_DELAY_S)
-                continue
-            dead_engine = result.error is not None and result.error.kind == "engine_dead"
-            if not dead_engine or attempt == 1:
+                result = _replica_lost(model, exc)
+            if not retry_once(attempt, False, result):
                 return result
-            log.warning("model %s answered from a dead engine; retrying once on any live replica", model)
+            log.warning("model %s: %s; retrying once on any live replica", model, result.error)
             await asyncio.sleep(RETRY_DELAY_S)
         raise AssertionError("unreachable")
+
+
+def retry_once(attempt: int, sent_any: bool, result: GenerationResult) -> bool:
+    """The one retry policy of plain and streamed calls: a lost replica or a dead engine is tried once more (Serve
+    routes around the dead replica), never after part of an answer has left (a retry would repeat it)."""
+    return attempt == 0 and not sent_any and result.error is not None and result.error.kind == "engine_dead"
 
 
 def _at_capacity(model: str, exc: Exception) -> GenerationResult:

@@ -142,3 +142,78 @@ def test_requests_carry_the_callers_priority_and_the_tightest_queue_budget():
     asyncio.run(calls())
     assert [r.priority for r in handle.seen] == ["low", "low", "low"]
     assert [r.queue_budget_s for r in handle.seen] == [2.0, 0.5, None]
+
+
+class StreamingHandle:
+    """A fake handle whose ``options(stream=True).stream.remote()`` plays one scripted stream per call; an item
+    that is an exception is raised there (a replica lost mid-stream)."""
+
+    def __init__(self, *streams):
+        self.streams, self.calls, self.cancelled = list(streams), 0, 0
+        self.stream = self
+
+    def options(self, stream):
+        return self
+
+    def remote(self, request):
+        self.calls += 1
+        return FakeResponse(self, self.streams.pop(0))
+
+
+class FakeResponse:
+    def __init__(self, handle, items):
+        self.handle, self.items = handle, list(items)
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        if not self.items:
+            raise StopAsyncIteration
+        item = self.items.pop(0)
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def cancel(self):
+        self.handle.cancelled += 1
+
+
+def stream_through(handle, monkeypatch):
+    from deployments.protocol import GenerationRequest
+
+    monkeypatch.setattr(router, "RETRY_DELAY_S", 0)
+
+    async def collect():
+        return [item async for item in ServeBackend({"m": handle}).stream("m", GenerationRequest("r", []))]
+
+    return asyncio.run(collect())
+
+
+def test_streams_share_the_plain_paths_retry_policy(monkeypatch):
+    from deployments.protocol import StreamDelta
+
+    # a dead engine's answer before any text: retried once, like a plain call
+    handle = StreamingHandle([DEAD], [StreamDelta("fine"), OK])
+    assert [getattr(i, "text", None) for i in stream_through(handle, monkeypatch)] == ["fine", "fine"]
+    assert handle.calls == 2
+    # a replica lost after text left: no retry (it would repeat the text), the stream ends with the failure
+    lost = ActorUnavailableError("gone", None)
+    handle = StreamingHandle([StreamDelta("par"), lost], [OK])
+    items = stream_through(handle, monkeypatch)
+    assert items[0].text == "par" and items[-1].error.kind == "engine_dead" and handle.calls == 1
+    assert "10." not in items[-1].error.message and "gone" not in items[-1].error.message  # Ray's text stays in logs
+
+
+def test_a_consumer_that_stops_early_cancels_the_replicas_stream(monkeypatch):
+    from deployments.protocol import GenerationRequest, StreamDelta
+
+    handle = StreamingHandle([StreamDelta("a"), StreamDelta("b"), OK])
+
+    async def first_then_close():
+        stream = ServeBackend({"m": handle}).stream("m", GenerationRequest("r", []))
+        await anext(stream)
+        await stream.aclose()  # what the stream guard does when the client goes away
+
+    asyncio.run(first_then_close())
+    assert handle.cancelled == 1
