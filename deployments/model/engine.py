@@ -13,12 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from jinja2 import TemplateError
 from vllm import SamplingParams
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.exceptions import VLLMClientError
 from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 from vllm.v1.engine.async_llm import AsyncLLM
-from vllm.v1.engine.exceptions import EngineDeadError
+from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
 from cluster.spec import ModelSpec
 from deployments.model.chat_request import EngineCall
@@ -30,6 +31,10 @@ CPU_DEFAULT_MEMORY_FRACTION = 0.15
 
 class PromptTooLongError(ValueError):
     """The rendered prompt leaves no room for output within max_model_len."""
+
+
+class PromptRenderError(ValueError):
+    """The model's chat template or tokenizer refused these messages (a client's input, so a 400)."""
 
 
 def engine_args(model_path: str, model: ModelSpec, overrides: dict[str, Any] | None = None) -> AsyncEngineArgs:
@@ -114,7 +119,13 @@ class ChatEngine:
         ``incremental=False`` asks the engine for the final output only: one wake-up per request instead of one
         per token, which matters when the replica shares a small CPU with the engine.
         """
-        ids = await asyncio.get_running_loop().run_in_executor(self._templating, self.prompt_ids, call)
+        try:
+            ids = await asyncio.get_running_loop().run_in_executor(self._templating, self.prompt_ids, call)
+        except (TypeError, ValueError, UnicodeError, TemplateError) as exc:
+            log.warning("messages not renderable: %r", exc)
+            raise PromptRenderError(
+                f"the messages could not be rendered for this model ({type(exc).__name__})"
+            ) from exc
         room = self.max_model_len - len(ids)
         if room <= 0:
             raise PromptTooLongError(
@@ -180,4 +191,12 @@ def _openai_logprob(sampled: Any, position: dict[int, Any], top_n: int) -> dict[
     return {**_token_entry(sampled), "top_logprobs": [_token_entry(lp) for lp in top]}
 
 
-__all__ = ["ChatEngine", "EngineDeadError", "GenerationTally", "PromptTooLongError", "VLLMClientError"]
+__all__ = [
+    "ChatEngine",
+    "EngineDeadError",
+    "EngineGenerateError",
+    "GenerationTally",
+    "PromptRenderError",
+    "PromptTooLongError",
+    "VLLMClientError",
+]

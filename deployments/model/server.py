@@ -117,7 +117,14 @@ class ModelServer:
     async def _stream(
         self, request: GenerationRequest, incremental: bool
     ) -> AsyncIterator[StreamDelta | GenerationResult]:
-        from deployments.model.engine import EngineDeadError, GenerationTally, PromptTooLongError, VLLMClientError
+        from deployments.model.engine import (
+            EngineDeadError,
+            EngineGenerateError,
+            GenerationTally,
+            PromptRenderError,
+            PromptTooLongError,
+            VLLMClientError,
+        )
 
         tally = GenerationTally()
         started = time.perf_counter()
@@ -145,8 +152,12 @@ class ModelServer:
         except PromptTooLongError as exc:
             yield self._failed("context_length_exceeded", str(exc))
             return
-        except VLLMClientError as exc:
+        except (VLLMClientError, PromptRenderError) as exc:
             yield self._failed("bad_request", str(exc))
+            return
+        except EngineGenerateError as exc:  # the engine failed this request, and only it: logged, not returned
+            log.warning("model %s: generation failed: %r", self.model_name, exc)
+            yield self._failed("internal", f"model '{self.model_name}' could not generate this answer")
             return
         except EngineDeadError as exc:
             log.warning("model %s: engine dead: %r", self.model_name, exc)

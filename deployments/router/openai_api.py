@@ -62,6 +62,18 @@ VLLM_SAMPLING_EXTRAS: dict[str, type | tuple[type, ...]] = {
 }
 
 
+def _whole_characters(text: str) -> None:
+    """JSON's \\uXXXX escapes can carry half a character (a lone UTF-16 surrogate), which no tokenizer takes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start]
+        raise ValueError(
+            f"contains a lone UTF-16 surrogate (\\u{ord(bad):04x} at character {exc.start}): not valid Unicode; "
+            "send whole characters (a surrogate pair, or the character itself)"
+        ) from None
+
+
 class ChatMessage(BaseModel):
     """One message; text content only (a list of parts must be text parts)."""
 
@@ -81,6 +93,9 @@ class ChatMessage(BaseModel):
             kind = part.get("type")
             if kind not in ("text", "input_text", "output_text") or not isinstance(part.get("text"), str):
                 raise ValueError(f"content parts of type {kind!r} are not served: the fleet's models take text")
+            _whole_characters(part["text"])
+        if isinstance(value, str):
+            _whole_characters(value)
         return value
 
     @model_validator(mode="after")
@@ -223,7 +238,7 @@ class ChatCompletionRequest(BaseModel):
     response_format: ResponseFormat | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1 - MAX_N)  # the engine's 64-bit seed (+1 per choice)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logit_bias: dict[int, float] | None = None

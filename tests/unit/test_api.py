@@ -201,3 +201,17 @@ def test_pipeline_as_chat_model_answers_in_openai_shape():
     assert body["object"] == "chat.completion"
     assert body["choices"][0]["message"]["content"] == "other"  # the reply step's (fake) text
     assert body["slmfleet"]["pipeline"] == "support-triage"
+
+
+def test_half_a_character_and_a_seed_beyond_64_bits_are_400s_naming_the_field():
+    """Both reached the engine once and came back as 500s (tests/reliability/crash_corpus.json)."""
+    raw = '{"model": "smol", "messages": [{"role": "user", "content": "half an emoji: \\ud83e"}]}'
+    resp = client().post("/v1/chat/completions", content=raw.encode(), headers={"Content-Type": "application/json"})
+    assert_openai_error(resp, 400)
+    assert resp.json()["error"]["param"] == "messages.0.content" and "lone UTF-16 surrogate" in resp.text
+    whole = '{"model": "smol", "messages": [{"role": "user", "content": "a whole one: \\ud83d\\ude00"}]}'
+    ok = client().post("/v1/chat/completions", content=whole.encode(), headers={"Content-Type": "application/json"})
+    assert ok.status_code == 200
+    seeded = post(client(), {"model": "smol", "messages": HELLO, "seed": 2**64})
+    assert_openai_error(seeded, 400)
+    assert seeded.json()["error"]["param"] == "seed"
