@@ -187,7 +187,9 @@ class ModelServer:
         )
 
     def _refused(self, verdict: Admission) -> GenerationResult:
-        self.last_refusal = (time.monotonic(), verdict.expected_wait_s or 0.0)
+        # a count-bound refusal before the rate is measured foresees no wait: report twice the objective instead
+        foreseen = verdict.expected_wait_s if verdict.expected_wait_s is not None else 2 * self.latency_objective_s
+        self.last_refusal = (time.monotonic(), foreseen)
         message = f"model '{self.model_name}' is at capacity: {verdict.reason}"
         return failure(self.model_name, "overloaded", message, verdict.retry_after_s, verdict.expected_wait_s)
 
