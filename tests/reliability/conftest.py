@@ -67,13 +67,3 @@ def smol_load(fleet: Fleet) -> Iterator[LoadReader]:
         yield reader
     finally:
         reader.close()
-
-
-@pytest.fixture(scope="package")
-def fleet_schema(fleet: Fleet):
-    import schemathesis
-    from schemathesis import GenerationMode
-
-    schema = schemathesis.openapi.from_url(f"{fleet.url}/openapi.json")
-    schema.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
-    return schema
