@@ -9,6 +9,10 @@ One fleet (the default cut to smol, ``benchmarks.common.small_spec``), one run, 
 
 Printed: admitted p50/p99 next to saturation's and their ratio (target: p99 at most 2x), shed requests and their
 latency (target: each under 100 ms), timeouts and 5xx other than 503 (target: 0 each), and Retry-After values.
+
+``--kill``: instead of the overload, open-loop arrivals at 0.7 x capacity for ``--seconds`` (90 is the issue's
+form), and the model's replica process killed (SIGKILL) 30 s in. Printed: requests by outcome (target: 0 failed),
+and the time from the kill until ``/healthz`` says the model is ready again (back to full capacity).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 import yaml
 
 from benchmarks.common import percentile, running_fleet, small_spec
@@ -83,13 +88,60 @@ async def run(url: str, seconds: float, saturation_s: float, factor: float) -> t
     return report(sat_rate, sat, factor * sat_rate, outcomes, seconds), outcomes
 
 
+def replica_process(deployment: str) -> psutil.Process:
+    """The Serve replica process of ``deployment`` (its name is in the process title Ray sets)."""
+    for proc in psutil.process_iter(["cmdline"]):
+        if f"ServeReplica:{deployment}:{deployment}" in " ".join(proc.info["cmdline"] or []):
+            return proc
+    raise SystemExit(f"no replica process of {deployment}")
+
+
+async def kill_and_time_recovery(url: str, after_s: float) -> float:
+    """Kill smol's replica ``after_s`` in; seconds from the kill until /healthz reports smol ready again."""
+    await asyncio.sleep(after_s)
+    replica_process("model-smol").kill()
+    killed, seen_down = time.monotonic(), False
+    async with httpx.AsyncClient(timeout=10) as http:
+        while True:
+            await asyncio.sleep(1)
+            try:
+                state = (await http.get(f"{url}/healthz")).json()["models"]["smol"]["state"]
+            except (httpx.HTTPError, KeyError, ValueError):
+                continue
+            seen_down = seen_down or state != "ready"
+            if seen_down and state == "ready":
+                return time.monotonic() - killed
+
+
+async def run_kill(url: str, seconds: float, saturation_s: float) -> list[str]:
+    chat = f"{url}/v1/chat/completions"
+    sat_rate, _ = await closed_loop(chat, BODY, concurrent_seqs(), saturation_s)
+    rate = 0.7 * sat_rate
+    load = asyncio.create_task(open_loop(chat, BODY, rate, seconds, seed=2))
+    recovery_s = await kill_and_time_recovery(url, 30)
+    groups = split(await load)
+    return [
+        f"capacity {sat_rate:.2f} req/s; offered {rate:.2f} req/s for {seconds:.0f} s; replica killed at 30 s",
+        f"served {len(groups['served'])}, refused (503/429) {len(groups['shed'])}, timeouts {len(groups['timeouts'])}, "
+        f"other errors {collections.Counter(o.status for o in groups['other'])}",
+        f"refusal codes: {collections.Counter(o.code for o in groups['shed'])}",
+        f"from the kill to smol ready again: {recovery_s:.1f} s",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=180, help="overload phase length (default 180)")
     parser.add_argument("--saturation-seconds", type=float, default=30, help="saturation phase (default 30)")
     parser.add_argument("--factor", type=float, default=2.0, help="offered rate / saturation rate (default 2)")
+    parser.add_argument("--kill", action="store_true", help="0.7x load and the replica killed 30 s in instead")
     args = parser.parse_args()
     started, work = time.monotonic(), Path(tempfile.mkdtemp(prefix="slmfleet-overload-"))
+    if args.kill:
+        with running_fleet(work=work) as url:
+            print("\n".join(asyncio.run(run_kill(url, args.seconds, args.saturation_seconds))))
+        print(f"wall {time.monotonic() - started:.0f} s")
+        return
     with running_fleet(work=work) as url:
         lines, outcomes = asyncio.run(run(url, args.seconds, args.saturation_seconds, args.factor))
         time.sleep(2)  # the last access lines reach the log
