@@ -55,6 +55,7 @@ REASON_DOWN_COOLDOWN = "underloaded, waiting out downscale_delay_s"
 REASON_IDLE_WAIT = "idle, waiting out the idle delay before zero"
 REASON_TO_ZERO = "idle past the idle delay"
 REASON_HOLD = "load within target"
+REASON_STARTING = "replicas still starting: a start already paid for is not cut short"
 
 
 @dataclass(frozen=True)
@@ -118,8 +119,9 @@ def decide_replicas(signals: ScalingSignals) -> ScalingDecision:
 
     Order: wake from zero on any demand; hold the bounds; step up (proportionally to load, or by the measured wait
     over the objective, at most to max); step down one replica at a time, only after the downscale delay and when
-    one replica fewer keeps headroom; from one replica to zero only with nothing ongoing or queued for the idle
-    delay. Never below min nor above max (max wins over waking when a capacity cut makes it 0).
+    one replica fewer keeps headroom, and never while replicas are still starting; from one replica to zero only
+    with nothing ongoing or queued for the idle delay. Never below min nor above max (max wins over waking when a
+    capacity cut makes it 0).
     """
     current = signals.current_replicas
     if current == 0:
@@ -191,6 +193,8 @@ def _scale_down(signals: ScalingSignals) -> ScalingDecision | None:
     current = signals.current_replicas
     if current <= signals.min_replicas:
         return None
+    if signals.starting_replicas > 0:
+        return _hold_while_starting(signals)
     if current == 1:
         return _to_zero(signals)
     fits = signals.demand <= (current - 1) * signals.target_ongoing_requests * DOWNSCALE_HEADROOM
@@ -199,6 +203,15 @@ def _scale_down(signals: ScalingSignals) -> ScalingDecision | None:
     if min(signals.seconds_since_scale_up, signals.seconds_since_scale_down) < signals.downscale_delay_s:
         return ScalingDecision(current, REASON_DOWN_COOLDOWN)
     return ScalingDecision(current - 1, REASON_DOWN)
+
+
+def _hold_while_starting(signals: ScalingSignals) -> ScalingDecision:
+    """No step down while replicas start: Serve stops starting replicas first, so the step would throw away a cold
+    start (tens of seconds for a small model, minutes for a large one) that was asked for because requests waited.
+    Serve 2.60 was seen losing the handle-side count of a request queued at zero replicas about 40 s into a wake,
+    then stopping the replica mid-start; with this rule a wake always finishes, and the idle delay counts from
+    when the replica serves."""
+    return ScalingDecision(signals.current_replicas, REASON_STARTING)
 
 
 def _to_zero(signals: ScalingSignals) -> ScalingDecision | None:

@@ -53,10 +53,29 @@ def replica_process(fleet, deployment):
     raise AssertionError(f"no replica process of {deployment}")
 
 
-def engine_core_of(replica):
-    cores = [p for p in replica.children(recursive=True) if "EngineCore" in " ".join(p.cmdline()) + p.name()]
-    assert cores, "the replica has no vLLM EngineCore child"
-    return cores[0]
+def process_titles(procs) -> list[tuple[int, str]]:
+    """(pid, name and command line) of each process still there."""
+    titles = []
+    for proc in procs:
+        try:
+            titles.append((proc.pid, f"{proc.name()} | {' '.join(proc.cmdline())}"))
+        except psutil.Error:
+            continue
+    return titles
+
+
+def engine_core_of(replica, within_s: float = 30):
+    """The replica's vLLM EngineCore process (titled ``VLLM::EngineCore``), looked for a while: a CI run once found
+    none at the first look; the assertion lists what the replica's tree held instead."""
+    deadline = time.monotonic() + within_s
+    while True:
+        titles = process_titles(replica.children(recursive=True))
+        cores = [pid for pid, title in titles if "EngineCor" in title]
+        if cores:
+            return psutil.Process(cores[0])
+        if time.monotonic() > deadline:
+            raise AssertionError(f"replica {replica.pid} has no vLLM EngineCore process; its tree: {titles}")
+        time.sleep(1)
 
 
 def wait_for_health(fleet, want_status, within_s, smol_up):

@@ -68,7 +68,7 @@ SCALE_UP = [
     ("wait step at most doubles", {"ongoing": 1, "objective": 1.0, "wait": 10.0}, 4, ap.REASON_LATENCY),
     ("wait step at least one", {"cur": 1, "ongoing": 1, "objective": 1.0, "wait": 1.01}, 2, ap.REASON_LATENCY),
     ("larger of load and wait", {"ongoing": 16.0, "objective": 1.0, "wait": 2.0}, 8, ap.REASON_LOAD),
-    ("wait ignored while replicas start", {"ongoing": 1, "objective": 1, "wait": 5, "starting": 1}, 2, ap.REASON_HOLD),
+    ("wait ignored while starting", {"ongoing": 1, "objective": 1, "wait": 5, "starting": 1}, 2, ap.REASON_STARTING),
     ("a wait with nothing waiting is stale", {"ongoing": 0, "objective": 1, "wait": 5}, 1, ap.REASON_DOWN),
     ("unknown wait is no signal", {"ongoing": 3.0, "objective": 1.0}, 2, ap.REASON_HOLD),
     ("upscale cooldown", {"ongoing": 12.0, "since_up": 5.0, "up_delay": 30.0}, 2, ap.REASON_UP_COOLDOWN),
@@ -85,6 +85,7 @@ SCALE_DOWN = [
     ("delay after a scale-up", {"cur": 4, "since_up": 10, "down_delay": 60}, 4, ap.REASON_DOWN_COOLDOWN),
     ("delay over", {"cur": 4, "since_down": 60.0, "down_delay": 60.0}, 3, ap.REASON_DOWN),
     ("never below min", {"cur": 2, "lo": 2}, 2, ap.REASON_HOLD),
+    ("no step while replicas start", {"cur": 4, "starting": 1}, 4, ap.REASON_STARTING),
 ]  # fmt: skip
 
 ZERO = [
@@ -93,6 +94,7 @@ ZERO = [
     ("anything in flight keeps one", {"cur": 1, "lo": 0, "ongoing": 0.25}, 1, ap.REASON_HOLD),
     ("anything queued keeps one", {"cur": 1, "lo": 0, "queued": 1.0}, 1, ap.REASON_HOLD),
     ("min 1 never goes to zero", {"cur": 1, "lo": 1}, 1, ap.REASON_HOLD),
+    ("a wake whose demand lapsed still finishes", {"cur": 1, "lo": 0, "starting": 1}, 1, ap.REASON_STARTING),
     ("queued request wakes", {"cur": 0, "lo": 0, "queued": 1.0}, 1, ap.REASON_WAKE),
     ("fractional demand wakes", {"cur": 0, "lo": 0, "queued": 0.1}, 1, ap.REASON_WAKE),
     ("wake is proportional", {"cur": 0, "lo": 0, "queued": 9.0}, 5, ap.REASON_WAKE),
@@ -186,7 +188,8 @@ def test_never_drops_more_than_one_replica_from_within_bounds(s: ScalingSignals)
 @settings(max_examples=300, deadline=None)
 @given(any_signals())
 def test_no_load_past_the_idle_delay_reaches_zero(s: ScalingSignals) -> None:
-    idle = replace(s, min_replicas=0, ongoing_requests=0.0, queued_at_handles=0.0, seconds_idle=s.idle_delay_s)
+    idle = replace(s, min_replicas=0, ongoing_requests=0.0, queued_at_handles=0.0, seconds_idle=s.idle_delay_s,
+                   starting_replicas=0)  # fmt: skip
     if idle.current_replicas <= 1:
         assert decide_replicas(idle).replicas == 0
     # From anywhere, with the delays over, it walks down one replica per decision and ends at zero.
@@ -361,6 +364,23 @@ def test_serve_wakes_from_zero_without_delay(serve_wrapped: tuple[Any, FakeClock
     run, _ = serve_wrapped
     replicas, _state = run(running=0, target=0, total=1.0, queued=1.0)
     assert replicas == 1
+
+
+def test_serve_keeps_a_waking_replica_when_the_demand_that_woke_it_lapses(serve_wrapped: tuple[Any, FakeClock]) -> None:
+    """What a CI run saw: woken at 0 with one request queued at a handle, the replica still starting 40 s later
+    when Serve's count of that request fell to 0; the step to zero then stopped the replica mid-start."""
+    run, clock = serve_wrapped
+    replicas, state = run(running=0, target=0, total=1.0, queued=1.0)
+    assert replicas == 1
+    for _ in range(10):  # 10 minutes of a start that has not finished, with no demand counted
+        clock.now += 60.0
+        replicas, state = run(running=0, target=1, state=state)
+        assert replicas == 1
+    clock.now += 60.0
+    _, state = run(running=1, target=1, state=state)  # up at last: idle from here, the usual delay applies
+    clock.now += 300.0
+    replicas, state = run(running=1, target=1, state=state)
+    assert replicas == 0
 
 
 def test_serve_delays_the_step_to_zero_by_downscale_to_zero_delay(serve_wrapped: tuple[Any, FakeClock]) -> None:
