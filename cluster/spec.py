@@ -198,10 +198,16 @@ Priority = Literal["high", "normal", "low"]
 
 
 class KeyPolicySpec(StrictModel):
-    """What one API key (by its identity) may do: its request rate and its priority under overload."""
+    """What one API key (by its identity) may do: its request rate, its requests in flight, its priority."""
 
     requests_per_min: int | None = Field(
         None, ge=1, description="requests this key may make per minute across all routers; beyond it: 429"
+    )
+    max_concurrent_requests: int | None = Field(
+        None,
+        ge=1,
+        description="requests of this key in flight at once across all routers (a stream counts until it ends); "
+        "beyond it: 429",
     )
     priority: Priority = Field(
         "normal",

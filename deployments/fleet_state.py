@@ -23,7 +23,8 @@ any replica or driver. Why an actor:
 Namespaces (the key space is open; these are the ones the router uses):
 
 - ``idempotency``: a request's Idempotency-Key -> its stored result, with a TTL; ``put_if_absent`` picks one winner.
-- ``quota``: per-key request/token counters, fixed windows (``consume``).
+- ``key_quota``: per-key request counters, fixed windows (``consume``).
+- ``key_concurrency``: per-key requests in flight, expiring leases (``acquire``/``release``).
 - ``budget``: the LLM tier's spend counter, fixed windows (``consume``).
 - ``adapters`` (durable): the LoRA adapter registry, registered at runtime.
 - ``promotions`` (durable): promotions decided at runtime by the conversion loop.
@@ -46,7 +47,7 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from deployments.fleet_state_core import DURABLE_NAMESPACES, Consumed, FleetStateCore, check_number
+from deployments.fleet_state_core import DURABLE_NAMESPACES, Consumed, FleetStateCore, Leased, check_number
 
 if TYPE_CHECKING:
     from ray.actor import ActorHandle
@@ -85,6 +86,12 @@ class FleetStateActor:
 
     def consume(self, ns: str, key: str, amount: float, limit: float, window_s: float) -> Consumed:
         return self._core.consume(ns, key, amount, limit, window_s)
+
+    def acquire(self, ns: str, key: str, limit: int, ttl_s: float) -> Leased:
+        return self._core.acquire(ns, key, limit, ttl_s)
+
+    def release(self, ns: str, key: str, lease_id: str) -> bool:
+        return self._core.release(ns, key, lease_id)
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         return self._core.snapshot()
@@ -173,6 +180,14 @@ class FleetState:
     async def consume(self, ns: str, key: str, amount: float, limit: float, window_s: float) -> Consumed:
         """See :meth:`FleetStateCore.consume`."""
         return await self._call("consume", ns, key, amount, limit, window_s)
+
+    async def acquire(self, ns: str, key: str, limit: int, ttl_s: float) -> Leased:
+        """See :meth:`FleetStateCore.acquire`."""
+        return await self._call("acquire", ns, key, limit, ttl_s)
+
+    async def release(self, ns: str, key: str, lease_id: str) -> bool:
+        """See :meth:`FleetStateCore.release`."""
+        return await self._call("release", ns, key, lease_id)
 
     async def snapshot(self) -> dict[str, dict[str, Any]]:
         """See :meth:`FleetStateCore.snapshot`."""

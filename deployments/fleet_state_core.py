@@ -1,6 +1,6 @@
-"""The fleet's shared state as plain logic: namespaced values with TTLs, put-if-absent, fixed-window counters and
-the durable namespaces' snapshot file. No Ray: :mod:`deployments.fleet_state` serves it from one actor (why, and what
-survives what, is told there); tested here with a fake clock.
+"""The fleet's shared state as plain logic: namespaced values with TTLs, put-if-absent, fixed-window counters,
+expiring leases and the durable namespaces' snapshot file. No Ray: :mod:`deployments.fleet_state` serves it from one
+actor (why, and what survives what, is told there); tested here with a fake clock.
 """
 
 from __future__ import annotations
@@ -35,6 +35,14 @@ class Consumed:
     used: float
     remaining: float
     retry_after_s: float
+
+
+@dataclass(frozen=True)
+class Leased:
+    """One ``acquire`` answer: the new lease's id (None when refused) and the leases held after it."""
+
+    lease_id: str | None
+    held: int
 
 
 @dataclass(slots=True)
@@ -107,6 +115,8 @@ class FleetStateCore:
         self._path = Path(snapshot_path) if snapshot_path else None
         self._values: dict[str, dict[str, _Entry]] = {}
         self._windows: dict[str, dict[str, _Window]] = {}
+        self._leases: dict[str, dict[str, dict[str, float]]] = {}  # ns -> key -> lease id -> expiry
+        self._lease_serial = 0
         self._next_sweep = clock() + SWEEP_INTERVAL_S
         restored = _parse_snapshot(snapshot) if snapshot is not None else self._load_file()
         for ns, entries in restored.items():
@@ -148,10 +158,10 @@ class FleetStateCore:
         }
 
     def stats(self) -> dict[str, int]:
-        """Entries held per namespace (values and counters), after pruning what has expired: the store's size."""
+        """Entries held per namespace (values, counters, keys with leases), after pruning what has expired."""
         self._sweep(self._clock())
         counts: dict[str, int] = {}
-        for table in (self._values, self._windows):
+        for table in (self._values, self._windows, self._leases):
             for ns, entries in table.items():
                 counts[ns] = counts.get(ns, 0) + len(entries)
         return counts
@@ -207,7 +217,48 @@ class FleetStateCore:
         window.used += amount
         return Consumed(True, window.used, max(limit - window.used, 0.0), 0.0)
 
+    def acquire(self, ns: str, key: str, limit: int, ttl_s: float) -> Leased:
+        """One of ``limit`` concurrent leases on ``ns/key``, or none when all are held.
+
+        A lease ends at :meth:`release` or, failing that, ``ttl_s`` after it was taken: a holder that crashed frees
+        its slot by itself. ``limit=0`` reads how many are held.
+        """
+        self._check_lease_args(ns, key, limit, ttl_s)
+        now = self._clock()
+        self._maybe_sweep(now)
+        held = self._live_leases(ns, key, now)
+        if len(held) >= limit:
+            return Leased(None, len(held))
+        self._lease_serial += 1
+        lease_id = f"{self._lease_serial:x}"
+        held[lease_id] = now + ttl_s
+        return Leased(lease_id, len(held))
+
+    def release(self, ns: str, key: str, lease_id: str) -> bool:
+        """End a lease; False when it had already ended (released, or expired)."""
+        _check_name("ns", ns)
+        _check_name("key", key)
+        _check_name("lease_id", lease_id)
+        return self._live_leases(ns, key, self._clock()).pop(lease_id, None) is not None
+
     # internals
+
+    @staticmethod
+    def _check_lease_args(ns: str, key: str, limit: int, ttl_s: float) -> None:
+        _check_name("ns", ns)
+        _check_name("key", key)
+        if ns in DURABLE_NAMESPACES:
+            raise ValueError(f"ns {ns!r} is durable: leases live in non-durable namespaces")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"limit must be an integer >= 0, got {limit!r}")
+        check_number("ttl_s", ttl_s, positive=True)
+
+    def _live_leases(self, ns: str, key: str, now: float) -> dict[str, float]:
+        """``ns/key``'s unexpired leases (expired ones dropped), as the live dict."""
+        held = self._leases.setdefault(ns, {}).setdefault(key, {})
+        for lease_id in [lid for lid, ends in held.items() if now >= ends]:
+            del held[lease_id]
+        return held
 
     @staticmethod
     def _check_counter(ns: str, key: str, amount: float, limit: float, window_s: float) -> None:
@@ -260,7 +311,8 @@ class FleetStateCore:
                 del entries[key]
 
     def _maybe_sweep(self, now: float) -> None:
-        """Drop expired values and ended windows at most once a ``SWEEP_INTERVAL_S``: keys nobody reads again."""
+        """Drop expired values, ended windows and expired leases at most once a ``SWEEP_INTERVAL_S``: keys nobody
+        reads again."""
         if now >= self._next_sweep:
             self._sweep(now)
 
@@ -270,6 +322,10 @@ class FleetStateCore:
         for windows in self._windows.values():
             for key in [k for k, w in windows.items() if now >= w.ends_at]:
                 del windows[key]
+        for ns, keys in self._leases.items():
+            for key in list(keys):
+                if not self._live_leases(ns, key, now):
+                    del keys[key]
         self._next_sweep = now + SWEEP_INTERVAL_S
 
     def _load_file(self) -> dict[str, dict[str, Any]]:

@@ -22,7 +22,14 @@ from cluster.spec import FleetSpec
 from deployments.pipeline.idempotency import IdempotentRuns
 from deployments.pipeline.routes import PIPELINE_PREFIX, add_pipeline_routes
 from deployments.pipeline.runner import PipelineRunner
-from deployments.router.auth_gate import CALLER_PRIORITY, PRIORITIES, PRIORITY_HEADER, AuthGate, required_scope
+from deployments.router.auth_gate import (
+    CALLER_PRIORITY,
+    CONCURRENCY_RETRY_AFTER_S,
+    PRIORITIES,
+    PRIORITY_HEADER,
+    AuthGate,
+    required_scope,
+)
 from deployments.router.chat_endpoint import ChatEndpoint, ModelBackend
 from deployments.router.escalation_budget import EscalationBudget
 from deployments.router.fleet_health import is_serving
@@ -158,8 +165,9 @@ async def _trace_request(request: Request, call_next: Callable[[Request], Awaita
 def _gatekeeper(
     gate: AuthGate,
 ) -> Callable[[Request, Callable[[Request], Awaitable[Response]]], Awaitable[Response]]:
-    """Every route but the open ones needs a key with the route's scope, within its rate; the request's priority
-    class (its key's, or lower by header) rides with it into every model call (:data:`CALLER_PRIORITY`)."""
+    """Every route but the open ones needs a key with the route's scope, within its rate and its requests in
+    flight; the request's priority class (its key's, or lower by header) rides with it into every model call
+    (:data:`CALLER_PRIORITY`)."""
 
     async def check(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         scope = required_scope(request.url.path)
@@ -171,13 +179,46 @@ def _gatekeeper(
         priority = gate.priority(identity, request.headers.get(PRIORITY_HEADER))
         if priority is None:
             return error_response(400, f"{PRIORITY_HEADER} must be one of {', '.join(PRIORITIES)}", "invalid_priority")
+        leave = await gate.enter(identity)
+        if leave is None:
+            return _too_many_in_flight(gate, identity or "")
         token = CALLER_PRIORITY.set(priority)
         try:
-            return await call_next(request)
+            response = await call_next(request)
+        except BaseException:
+            await leave()
+            raise
         finally:
             CALLER_PRIORITY.reset(token)
+        return _leave_when_sent(response, leave)
 
     return check
+
+
+def _too_many_in_flight(gate: AuthGate, identity: str) -> Response:
+    limit = gate.policies[identity].max_concurrent_requests
+    message = f"key {identity} has {limit} requests in flight, its max_concurrent_requests; retry when one ends"
+    retry_after_s = CONCURRENCY_RETRY_AFTER_S
+    body = error_body(message, "rate_limit_error", "concurrency_limit_exceeded", retry_after_s=retry_after_s)
+    return JSONResponse(body, status_code=429, headers=retry_after_headers(429, body))
+
+
+def _leave_when_sent(response: Response, leave: Callable[[], Awaitable[None]]) -> Response:
+    """The response with its slot given back once its body is sent, or the client has gone: a stream holds its
+    slot until it ends. The middleware's response always has a ``body_iterator``; one without gives it back now."""
+    body = getattr(response, "body_iterator", None)
+    if body is None:
+        return response  # unreachable behind BaseHTTPMiddleware; the lease's TTL would free it anyway
+
+    async def sent() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in body:
+                yield chunk
+        finally:
+            await leave()
+
+    response.body_iterator = sent()  # type: ignore[attr-defined]
+    return response
 
 
 async def _authorize(gate: AuthGate, request: Request, scope: str) -> tuple[Response | None, str | None]:

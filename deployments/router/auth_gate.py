@@ -11,7 +11,9 @@ Keys come from the environment variable ``server.api_keys_env`` names, comma-sep
 and admin routes without revealing it. Every route needs a key with its scope, except ``/healthz``.
 
 Per identity, ``server.keys`` sets a request rate (``requests_per_min``, counted across every router replica in the
-shared store: beyond it 429 with ``Retry-After``) and a priority class, which a request may lower with the
+shared store: beyond it 429 with ``Retry-After``), a cap on requests in flight (``max_concurrent_requests``, held as
+expiring leases in the shared store, so a router replica that dies frees its slots when they expire) and a priority
+class, which a request may lower with the
 ``X-Slmfleet-Priority`` header but never raise. The class travels with every model call the request makes
 (:data:`CALLER_PRIORITY`), and a model replica under pressure refuses low before normal before high.
 """
@@ -29,7 +31,7 @@ from dataclasses import dataclass, field
 
 from cluster.spec import FleetSpec, KeyPolicySpec, is_loopback
 from cluster.spec_errors import SpecIssue
-from deployments.fleet_state_core import Consumed
+from deployments.fleet_state_core import Consumed, Leased
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +43,30 @@ LOGS_PREFIX = "/v1/logs"
 PRIORITY_HEADER = "X-Slmfleet-Priority"
 PRIORITIES = ("high", "normal", "low")
 QUOTA_NAMESPACE, QUOTA_WINDOW_S = "key_quota", 60.0
+CONCURRENCY_NAMESPACE = "key_concurrency"
+CONCURRENCY_RETRY_AFTER_S = 1
+"""A slot frees when one of the key's requests ends: no drain time to compute, so the shortest honest hint."""
 CALLER_PRIORITY: ContextVar[str] = ContextVar("slmfleet_priority", default="normal")
 """The priority class of the request being served; asyncio copies it into the tasks the request starts."""
 Consume = Callable[[str, str, float, float, float], Awaitable[Consumed]]
+Acquire = Callable[[str, str, int, float], Awaitable[Leased]]
+Release = Callable[[str, str, str], Awaitable[bool]]
+Leave = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class LeaseStore:
+    """The shared store's lease calls, and how long a lease outlives a holder that never releases it."""
+
+    acquire: Acquire
+    release: Release
+    ttl_s: float
+
+
+async def _nothing_to_leave() -> None:
+    return None
+
+
 _ENTRY = re.compile(r"^(?:(?P<identity>[A-Za-z0-9_.-]+)(?::(?P<scopes>[a-z+]+))?=)?(?P<key>\S+)$")
 
 
@@ -62,12 +85,13 @@ class ApiKey:
 class AuthGate:
     """The keys a router accepts; no keys means open (only ever on loopback: see :func:`exposure_issues`).
 
-    ``policies`` are ``server.keys`` by identity; ``consume`` is the shared store's windowed counter (None: no
-    rate quotas can be counted, so none apply)."""
+    ``policies`` are ``server.keys`` by identity; ``consume`` is the shared store's windowed counter and ``leases``
+    its lease calls (None: that kind of limit cannot be counted, so none applies)."""
 
     keys: tuple[ApiKey, ...] = ()
     policies: Mapping[str, KeyPolicySpec] = field(default_factory=dict)
     consume: Consume | None = None
+    leases: LeaseStore | None = None
 
     def priority(self, identity: str | None, asked: str | None) -> str | None:
         """The request's class: its key's, or lower when the header asks; None when ``asked`` is no class."""
@@ -91,6 +115,30 @@ class AuthGate:
             log.warning("quota of %s unreadable, request let through: %r", identity, exc)
             return None
         return None if taken.allowed else max(1, math.ceil(taken.retry_after_s))
+
+    async def enter(self, identity: str | None) -> Leave | None:
+        """Take one of ``identity``'s slots for requests in flight: the call that gives it back, or None when all
+        are taken. As with the rate, a store that does not answer lets the request through (logged)."""
+        policy = self.policies.get(identity) if identity is not None else None
+        if identity is None or policy is None or policy.max_concurrent_requests is None or self.leases is None:
+            return _nothing_to_leave
+        leases = self.leases
+        try:
+            leased = await leases.acquire(CONCURRENCY_NAMESPACE, identity, policy.max_concurrent_requests, leases.ttl_s)
+        except Exception as exc:
+            log.warning("requests in flight of %s unreadable, request let through: %r", identity, exc)
+            return _nothing_to_leave
+        if leased.lease_id is None:
+            return None
+        lease_id = leased.lease_id
+
+        async def leave() -> None:
+            try:
+                await leases.release(CONCURRENCY_NAMESPACE, identity, lease_id)
+            except Exception as exc:  # the lease expires by itself
+                log.warning("slot of %s not released, it frees in %.0f s: %r", identity, leases.ttl_s, exc)
+
+        return leave
 
     @property
     def open(self) -> bool:
@@ -169,15 +217,22 @@ def exposure_issues(spec: FleetSpec, host: str, environ: Mapping[str, str]) -> l
 
 
 def gate_for(
-    spec: FleetSpec, environ: Mapping[str, str], host: str | None = None, consume: Consume | None = None
+    spec: FleetSpec,
+    environ: Mapping[str, str],
+    host: str | None = None,
+    consume: Consume | None = None,
+    leases: tuple[Acquire, Release] | None = None,
 ) -> AuthGate:
     """The gate of a router serving ``spec`` on ``host`` (default the spec's); raises :class:`ExposureError`
-    when :func:`exposure_issues` finds any, so the router refuses to start."""
+    when :func:`exposure_issues` finds any, so the router refuses to start. A lease lives as long as the longest
+    request may (a stream's deadline, or a call's), plus a minute."""
     issues = exposure_issues(spec, host or spec.server.host, environ)
     if issues:
         raise ExposureError(issues)
     env = spec.server.api_keys_env
-    return AuthGate(parse_keys(environ[env]) if env else (), dict(spec.server.keys), consume)
+    ttl_s = max(spec.server.stream_timeout_s, spec.server.request_timeout_s) + 60.0
+    store = LeaseStore(leases[0], leases[1], ttl_s) if leases is not None else None
+    return AuthGate(parse_keys(environ[env]) if env else (), dict(spec.server.keys), consume, store)
 
 
 class ExposureError(RuntimeError):

@@ -286,7 +286,12 @@ def router_state(config: dict[str, Any], metrics: FleetMetrics, shared: FleetSta
         budget=budget,
     )
     # refuses (raises) a router exposed without keys, however it was launched
-    gate = gate_for(spec, os.environ, consume=shared.consume if shared is not None else None)
+    gate = gate_for(
+        spec,
+        os.environ,
+        consume=shared.consume if shared is not None else None,
+        leases=(shared.acquire, shared.release) if shared is not None else None,
+    )
     return RouterState(spec, prices, backend, runner, gate, budget)
 
 

@@ -1,14 +1,19 @@
 """The one auth gate: key formats with identities and scopes, the exposure rule every launch path applies, and
 the route scopes the router enforces."""
 
+import asyncio
 import copy
 
+import httpx
 import pytest
+from fastapi.responses import StreamingResponse
 from fastapi.testclient import TestClient
 
 from cluster.cost import PriceBook
 from cluster.spec import parse_spec
+from deployments.fleet_state_core import FleetStateCore
 from deployments.observability.metrics import FleetMetrics
+from deployments.router import api as api_module
 from deployments.router import ingress
 from deployments.router.api import build_api
 from deployments.router.auth_gate import (
@@ -21,6 +26,7 @@ from deployments.router.auth_gate import (
     required_scope,
 )
 from tests.unit.test_chat_escalation import FLEET, HELLO, ScriptedBackend
+from tests.unit.test_escalation_budget import Clock
 
 
 def spec(host="127.0.0.1", keys_env=None):
@@ -132,3 +138,138 @@ def test_a_header_may_lower_a_keys_priority_never_raise_it():
 def test_policies_must_name_a_key_that_exists():
     (issue,) = exposure_issues(keyed(), "127.0.0.1", {"K": "other=sk-1"})
     assert issue.path == "server.keys.app" and "no key in K has this identity" in issue.problem
+
+
+class HeldBackend(ScriptedBackend):
+    """Answers "hi", but each call waits until the test lets it go: requests stay in flight on demand."""
+
+    def __init__(self):
+        super().__init__(smol="hi")
+        self.release = asyncio.Event()
+        self.streaming = asyncio.Event()  # set once a stream's first chunk is out
+        self.mid_stream: asyncio.Event | None = None  # when set, a stream waits for it before its end
+
+    async def complete(self, model, request):
+        await self.release.wait()
+        return await super().complete(model, request)
+
+    async def stream(self, model, request):
+        await self.release.wait()
+        async for item in super().stream(model, request):
+            yield item
+            self.streaming.set()
+            if self.mid_stream is not None:
+                await self.mid_stream.wait()
+
+
+def lease_store(clock=None):
+    """The shared store's lease calls in process, as the router's client offers them."""
+    core = FleetStateCore(clock=clock or Clock())
+
+    async def acquire(ns, key, limit, ttl_s):
+        return core.acquire(ns, key, limit, ttl_s)
+
+    async def release(ns, key, lease_id):
+        return core.release(ns, key, lease_id)
+
+    return (acquire, release), core
+
+
+def in_flight_client(limit):
+    data = copy.deepcopy(FLEET)
+    data["server"] = {"api_keys_env": "K", "keys": {"app": {"max_concurrent_requests": limit}}}
+    s = parse_spec(data)
+    leases, core = lease_store()
+    backend = HeldBackend()
+    app = build_api(s, backend, gate_for(s, {"K": "app=sk-app,batch=sk-b"}, leases=leases))
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://router")
+    return http, backend, core
+
+
+def chat_as(http, key, stream=False):
+    body = {"model": "smol", "messages": HELLO, "stream": stream}
+    return http.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"})
+
+
+async def until_held(core, n):
+    while core.acquire("key_concurrency", "app", 0, 1.0).held < n:
+        await asyncio.sleep(0.01)
+
+
+async def until_free(core):
+    while core.acquire("key_concurrency", "app", 0, 1.0).held:
+        await asyncio.sleep(0.01)
+
+
+def test_a_key_at_its_requests_in_flight_gets_429_until_one_ends():
+    async def scenario():
+        http, backend, core = in_flight_client(limit=2)
+        async with http:
+            first, second = (asyncio.create_task(chat_as(http, "sk-app")) for _ in range(2))
+            await asyncio.wait_for(until_held(core, 2), 5)
+            refused = await chat_as(http, "sk-app")
+            other_key = asyncio.create_task(chat_as(http, "sk-b"))  # no limit of its own
+            backend.release.set()
+            done = [await t for t in (first, second, other_key)]
+            after = await chat_as(http, "sk-app")
+            return refused, done, after, core.acquire("key_concurrency", "app", 0, 1.0).held
+
+    refused, done, after, held_at_end = asyncio.run(scenario())
+    assert refused.status_code == 429 and refused.headers["Retry-After"] == "1"
+    error = refused.json()["error"]
+    assert error["code"] == "concurrency_limit_exceeded" and "app has 2 requests in flight" in error["message"]
+    assert [r.status_code for r in done] == [200, 200, 200] and after.status_code == 200
+    assert held_at_end == 0, "every slot is given back once its answer is sent"
+
+
+def test_a_stream_holds_its_slot_until_its_last_chunk():
+    async def scenario():
+        http, backend, core = in_flight_client(limit=1)
+        backend.release.set()
+        backend.mid_stream = asyncio.Event()
+        async with http:
+            streaming = asyncio.create_task(chat_as(http, "sk-app", stream=True))
+            await asyncio.wait_for(backend.streaming.wait(), 5)  # headers and first chunk sent, body still open
+            while_streaming = await chat_as(http, "sk-app")
+            backend.mid_stream.set()
+            streamed = await streaming
+            await asyncio.wait_for(until_free(core), 5)
+            return while_streaming, streamed, await chat_as(http, "sk-app")
+
+    while_streaming, streamed, next_one = asyncio.run(scenario())
+    assert while_streaming.status_code == 429
+    assert streamed.status_code == 200 and "data: [DONE]" in streamed.text
+    assert next_one.status_code == 200
+
+
+def test_a_client_that_leaves_mid_body_gives_its_slot_back():
+    left = []
+
+    async def leave():
+        left.append(True)
+
+    async def body():
+        yield b"one"
+        yield b"two"
+
+    async def scenario():
+        response = api_module._leave_when_sent(StreamingResponse(body()), leave)
+        chunks = response.body_iterator
+        assert await chunks.__anext__() == b"one"
+        await chunks.aclose()  # what Starlette does when the client disconnects
+
+    asyncio.run(scenario())
+    assert left == [True]
+
+
+def test_a_store_that_does_not_answer_lets_requests_through():
+    async def broken(*_):
+        raise TimeoutError("state actor restarting")
+
+    data = copy.deepcopy(FLEET)
+    data["server"] = {"api_keys_env": "K", "keys": {"app": {"max_concurrent_requests": 1}}}
+    s = parse_spec(data)
+    gate = gate_for(s, {"K": "app=sk-app"}, leases=(broken, broken))
+    c = TestClient(build_api(s, ScriptedBackend(smol="hi"), gate))
+    body, headers = {"model": "smol", "messages": HELLO}, {"Authorization": "Bearer sk-app"}
+    assert [c.post("/v1/chat/completions", json=body, headers=headers).status_code for _ in range(3)] == [200] * 3

@@ -154,6 +154,46 @@ def test_delete_resets_a_counter(core):
     assert core.consume("quota", "key-a", 10, limit=10, window_s=60).allowed
 
 
+# leases: requests in flight
+
+
+def test_leases_up_to_the_limit_then_refused_until_one_is_released(core):
+    first, second = core.acquire("flight", "app", 2, ttl_s=60), core.acquire("flight", "app", 2, ttl_s=60)
+    assert first.lease_id and second.lease_id and first.lease_id != second.lease_id and second.held == 2
+    assert core.acquire("flight", "app", 2, ttl_s=60) == fleet_state_core.Leased(None, 2)
+    assert core.acquire("flight", "other", 2, ttl_s=60).lease_id  # per key
+    assert core.release("flight", "app", first.lease_id) is True
+    assert core.release("flight", "app", first.lease_id) is False  # once
+    assert core.acquire("flight", "app", 2, ttl_s=60).held == 2
+    assert core.acquire("flight", "app", 0, ttl_s=60) == fleet_state_core.Leased(None, 2)  # limit 0 reads
+
+
+def test_a_lease_never_released_frees_its_slot_at_its_ttl(core, clock):
+    lost = core.acquire("flight", "app", 1, ttl_s=30)
+    clock.now += 29.9
+    assert core.acquire("flight", "app", 1, ttl_s=30).lease_id is None
+    clock.now += 0.1
+    assert core.acquire("flight", "app", 1, ttl_s=30).lease_id is not None
+    assert core.release("flight", "app", lost.lease_id) is False
+
+
+def test_expired_leases_are_swept_from_the_store(core, clock):
+    core.acquire("flight", "app", 1, ttl_s=5)
+    assert core.stats() == {"flight": 1}
+    clock.now += 5
+    assert core.stats() == {"flight": 0}
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [(("adapters", "a", 1, 5.0), "durable"), (("f", "a", -1, 5.0), "limit"), (("f", "a", 1.5, 5.0), "limit"),
+     (("f", "a", True, 5.0), "limit"), (("f", "a", 1, 0), "ttl_s"), (("f", "", 1, 5.0), "key")],
+)  # fmt: skip
+def test_bad_lease_arguments_are_named(core, args, says):
+    with pytest.raises(ValueError, match=says):
+        core.acquire(*args)
+
+
 # durable namespaces: snapshot, restore, file
 
 
