@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from tests.ports import free_port
@@ -26,6 +27,17 @@ class Fleet:
 
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def replica_process(self, deployment: str) -> psutil.Process:
+        """The Serve replica process of ``deployment`` among the fleet's descendants (Ray titles it
+        ``ray::ServeReplica:<app>:<deployment>``; each model is its own app of the same name)."""
+        for proc in psutil.Process(self.proc.pid).children(recursive=True):
+            try:
+                if f"ServeReplica:{deployment}:{deployment}" in " ".join(proc.cmdline()):
+                    return proc
+            except psutil.NoSuchProcess:
+                continue
+        raise AssertionError(f"no replica process of {deployment}")
 
     def ray_address(self, within_s: float = 30) -> str:
         """The fleet's Ray address from its ready message (printed just after /healthz may first answer)."""

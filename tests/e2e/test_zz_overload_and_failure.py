@@ -43,16 +43,6 @@ def test_beyond_capacity_requests_get_a_fast_503_and_admitted_ones_complete(flee
     assert slowest_rejection < max(t for _, t in served)
 
 
-def replica_process(fleet, deployment):
-    for proc in psutil.Process(fleet.proc.pid).children(recursive=True):
-        try:
-            if f"ServeReplica:{deployment}:{deployment}" in " ".join(proc.cmdline()):
-                return proc
-        except psutil.NoSuchProcess:
-            continue
-    raise AssertionError(f"no replica process of {deployment}")
-
-
 def process_titles(procs) -> list[tuple[int, str]]:
     """(pid, name and command line) of each process still there."""
     titles = []
@@ -94,7 +84,7 @@ def wait_for_health(fleet, want_status, within_s, smol_up):
 
 
 def test_dead_engine_is_reported_steps_escalate_and_the_replica_is_replaced(fleet, client):
-    old_replica = replica_process(fleet, "model-smol")
+    old_replica = fleet.replica_process("model-smol")
     engine_core_of(old_replica).kill()
 
     wait_for_health(fleet, 503, within_s=90, smol_up=False)
@@ -110,7 +100,7 @@ def test_dead_engine_is_reported_steps_escalate_and_the_replica_is_replaced(flee
     assert [e["reason"] for e in classify["escalations"]] == ["unavailable"]
 
     wait_for_health(fleet, 200, within_s=300, smol_up=True)
-    assert replica_process(fleet, "model-smol").pid != old_replica.pid
+    assert fleet.replica_process("model-smol").pid != old_replica.pid
     reply = client.chat.completions.create(
         model="smol", messages=[{"role": "user", "content": "What is the capital of France?"}], max_tokens=16
     )

@@ -58,6 +58,13 @@ def router_replicas(state_name: str, count: int = 2) -> list:
             answers = await asyncio.gather(*(self.state.consume("quota", "key-a", 1, limit, 600) for _ in range(calls)))
             return [answer.allowed for answer in answers]
 
+        async def enter(self, calls: int, limit: int) -> list[str | None]:
+            leases = await asyncio.gather(*(self.state.acquire("flight", "key-a", limit, 600) for _ in range(calls)))
+            return [lease.lease_id for lease in leases]
+
+        async def leave(self, lease_ids: list[str]) -> list[bool]:
+            return [await self.state.release("flight", "key-a", lease_id) for lease_id in lease_ids]
+
         async def claim(self, key: str, me: str) -> tuple[bool, str]:
             return await self.state.put_if_absent("idempotency", key, me, 600)
 
@@ -94,6 +101,12 @@ def test_two_replicas_share_one_quota_and_one_idempotency_key(local_ray):
 
     client = FleetState(fleet_state(name="test-state-shared"))
     assert asyncio.run(client.consume("quota", "key-a", 0, 10, 600)).used == 10
+
+    leased_a, leased_b = ray.get([a.enter.remote(5, 6), b.enter.remote(5, 6)])
+    held_by_a = [lease for lease in leased_a if lease]
+    assert len(held_by_a) + len([lease for lease in leased_b if lease]) == 6  # one cap on flights from both
+    assert ray.get(b.leave.remote(held_by_a)) == [True] * len(held_by_a)  # any replica may end a lease
+    assert asyncio.run(client.acquire("flight", "key-a", 0, 600)).held == 6 - len(held_by_a)
     ray.kill(ray.get_actor("test-state-shared", namespace=STATE_NAMESPACE))
 
 
