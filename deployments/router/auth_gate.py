@@ -13,9 +13,9 @@ and admin routes without revealing it. Every route needs a key with its scope, e
 Per identity, ``server.keys`` sets a request rate (``requests_per_min``, counted across every router replica in the
 shared store: beyond it 429 with ``Retry-After``), a cap on requests in flight (``max_concurrent_requests``, held as
 expiring leases in the shared store, so a router replica that dies frees its slots when they expire) and a priority
-class, which a request may lower with the
-``X-Slmfleet-Priority`` header but never raise. The class travels with every model call the request makes
-(:data:`CALLER_PRIORITY`), and a model replica under pressure refuses low before normal before high.
+class, which a request may lower with the ``X-Slmfleet-Priority`` header but never raise. The class travels with
+every model call the request makes (:data:`CALLER_PRIORITY`), and a model replica under pressure refuses low before
+normal before high.
 """
 
 from __future__ import annotations
