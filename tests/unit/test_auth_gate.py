@@ -11,7 +11,6 @@ from fastapi.testclient import TestClient
 
 from cluster.cost import PriceBook
 from cluster.spec import parse_spec
-from deployments.fleet_state_core import FleetStateCore
 from deployments.observability.metrics import FleetMetrics
 from deployments.router import api as api_module
 from deployments.router import ingress
@@ -25,8 +24,8 @@ from deployments.router.auth_gate import (
     parse_keys,
     required_scope,
 )
+from tests.unit.in_process_store import InProcessStore
 from tests.unit.test_chat_escalation import FLEET, HELLO, ScriptedBackend
-from tests.unit.test_escalation_budget import Clock
 
 
 def spec(host="127.0.0.1", keys_env=None):
@@ -109,10 +108,8 @@ def keyed(per_min=None, priority="normal"):
 
 
 def test_a_key_over_its_rate_gets_429_with_retry_after_counted_in_the_shared_store():
-    from tests.unit.test_escalation_budget import shared_store
-
     s = keyed(per_min=2)
-    gate = gate_for(s, {"K": "app=sk-app,batch=sk-b"}, consume=shared_store())
+    gate = gate_for(s, {"K": "app=sk-app,batch=sk-b"}, consume=InProcessStore().consume)
     c = TestClient(build_api(s, ScriptedBackend(smol="hi"), gate), raise_server_exceptions=False)
 
     def chat(key):
@@ -162,28 +159,14 @@ class HeldBackend(ScriptedBackend):
                 await self.mid_stream.wait()
 
 
-def lease_store(clock=None):
-    """The shared store's lease calls in process, as the router's client offers them."""
-    core = FleetStateCore(clock=clock or Clock())
-
-    async def acquire(ns, key, limit, ttl_s):
-        return core.acquire(ns, key, limit, ttl_s)
-
-    async def release(ns, key, lease_id):
-        return core.release(ns, key, lease_id)
-
-    return (acquire, release), core
-
-
 def in_flight_client(limit):
     data = copy.deepcopy(FLEET)
     data["server"] = {"api_keys_env": "K", "keys": {"app": {"max_concurrent_requests": limit}}}
     s = parse_spec(data)
-    leases, core = lease_store()
-    backend = HeldBackend()
-    app = build_api(s, backend, gate_for(s, {"K": "app=sk-app,batch=sk-b"}, leases=leases))
+    store, backend = InProcessStore(), HeldBackend()
+    app = build_api(s, backend, gate_for(s, {"K": "app=sk-app,batch=sk-b"}, leases=(store.acquire, store.release)))
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://router")
-    return http, backend, core
+    return http, backend, store
 
 
 def chat_as(http, key, stream=False):
@@ -191,28 +174,28 @@ def chat_as(http, key, stream=False):
     return http.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"})
 
 
-async def until_held(core, n):
-    while core.acquire("key_concurrency", "app", 0, 1.0).held < n:
+async def until_held(store, n):
+    while store.held("key_concurrency", "app") < n:
         await asyncio.sleep(0.01)
 
 
-async def until_free(core):
-    while core.acquire("key_concurrency", "app", 0, 1.0).held:
+async def until_free(store):
+    while store.held("key_concurrency", "app"):
         await asyncio.sleep(0.01)
 
 
 def test_a_key_at_its_requests_in_flight_gets_429_until_one_ends():
     async def scenario():
-        http, backend, core = in_flight_client(limit=2)
+        http, backend, store = in_flight_client(limit=2)
         async with http:
             first, second = (asyncio.create_task(chat_as(http, "sk-app")) for _ in range(2))
-            await asyncio.wait_for(until_held(core, 2), 5)
+            await asyncio.wait_for(until_held(store, 2), 5)
             refused = await chat_as(http, "sk-app")
             other_key = asyncio.create_task(chat_as(http, "sk-b"))  # no limit of its own
             backend.release.set()
             done = [await t for t in (first, second, other_key)]
             after = await chat_as(http, "sk-app")
-            return refused, done, after, core.acquire("key_concurrency", "app", 0, 1.0).held
+            return refused, done, after, store.held("key_concurrency", "app")
 
     refused, done, after, held_at_end = asyncio.run(scenario())
     assert refused.status_code == 429 and refused.headers["Retry-After"] == "1"
@@ -224,7 +207,7 @@ def test_a_key_at_its_requests_in_flight_gets_429_until_one_ends():
 
 def test_a_stream_holds_its_slot_until_its_last_chunk():
     async def scenario():
-        http, backend, core = in_flight_client(limit=1)
+        http, backend, store = in_flight_client(limit=1)
         backend.release.set()
         backend.mid_stream = asyncio.Event()
         async with http:
@@ -233,7 +216,7 @@ def test_a_stream_holds_its_slot_until_its_last_chunk():
             while_streaming = await chat_as(http, "sk-app")
             backend.mid_stream.set()
             streamed = await streaming
-            await asyncio.wait_for(until_free(core), 5)
+            await asyncio.wait_for(until_free(store), 5)
             return while_streaming, streamed, await chat_as(http, "sk-app")
 
     while_streaming, streamed, next_one = asyncio.run(scenario())
@@ -263,13 +246,12 @@ def test_a_client_that_leaves_mid_body_gives_its_slot_back():
 
 
 def test_a_store_that_does_not_answer_lets_requests_through():
-    async def broken(*_):
-        raise TimeoutError("state actor restarting")
-
+    store = InProcessStore()
+    store.fail = True
     data = copy.deepcopy(FLEET)
     data["server"] = {"api_keys_env": "K", "keys": {"app": {"max_concurrent_requests": 1}}}
     s = parse_spec(data)
-    gate = gate_for(s, {"K": "app=sk-app"}, leases=(broken, broken))
+    gate = gate_for(s, {"K": "app=sk-app"}, leases=(store.acquire, store.release))
     c = TestClient(build_api(s, ScriptedBackend(smol="hi"), gate))
     body, headers = {"model": "smol", "messages": HELLO}, {"Authorization": "Bearer sk-app"}
     assert [c.post("/v1/chat/completions", json=body, headers=headers).status_code for _ in range(3)] == [200] * 3

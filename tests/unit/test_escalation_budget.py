@@ -8,33 +8,15 @@ import pytest
 from fastapi.testclient import TestClient
 
 from cluster.spec import parse_spec
-from deployments.fleet_state_core import FleetStateCore
 from deployments.pipeline.runner import PipelineRunner
 from deployments.pipeline.tools import ToolRegistry
 from deployments.protocol import GenerationError, GenerationResult
 from deployments.router.api import build_api
 from deployments.router.escalation_budget import EscalationBudget, budget_from_spec
+from tests.unit.in_process_store import Clock, InProcessStore
 from tests.unit.test_chat_escalation import FLEET, HELLO, ScriptedBackend, error, ok
 
 UNAVAILABLE = {"to": "big", "reasons": ["unavailable"]}
-
-
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
-
-
-def shared_store(clock=None):
-    """The shared store's logic in process, behind the async ``consume`` the router's client offers."""
-    core = FleetStateCore(clock=clock or Clock())
-
-    async def consume(ns, key, amount, limit, window_s):
-        return core.consume(ns, key, amount, limit, window_s)
-
-    return consume
 
 
 def fleet(per_min):
@@ -51,7 +33,7 @@ def overloaded(retry_after_s=None):
 
 def test_the_budget_counts_per_target_and_says_when_the_window_frees():
     clock = Clock()
-    budget = EscalationBudget({"big": 2}, shared_store(clock))
+    budget = EscalationBudget({"big": 2}, InProcessStore(clock).consume)
 
     async def takes():
         first = [await budget.take("big") for _ in range(3)]
@@ -87,7 +69,7 @@ def chat(spec, backend, budget):
 def test_chat_calls_escalate_for_capacity_until_the_budget_is_spent_then_get_a_fast_503():
     spec = fleet(2)
     backend = ScriptedBackend(smol=overloaded(), big="from big")
-    first, second, third = chat(spec, backend, budget_from_spec(spec, shared_store()))
+    first, second, third = chat(spec, backend, budget_from_spec(spec, InProcessStore().consume))
     assert ok(first)["choices"][0]["message"]["content"] == "from big"
     assert ok(second)["slmfleet"]["served_by"] == "big"
     err = error(third, 503, "overloaded", says="budget for capacity escalations to 'big' (2 a minute) is spent")
@@ -100,14 +82,14 @@ def test_escalations_for_a_dead_engine_are_not_capacity_and_are_never_counted():
     spec = fleet(1)
     dead = GenerationResult(model="", error=GenerationError("engine_dead", "gone"))
     backend = ScriptedBackend(smol=dead, big="from big")
-    assert all(r.status_code == 200 for r in chat(spec, backend, budget_from_spec(spec, shared_store())))
+    assert all(r.status_code == 200 for r in chat(spec, backend, budget_from_spec(spec, InProcessStore().consume)))
 
 
 @pytest.mark.parametrize("per_min", [0])
 def test_a_pipeline_step_refused_by_the_budget_fails_as_unavailable(per_min):
     spec = fleet(per_min)
     backend = ScriptedBackend(smol=overloaded(), big="refund")
-    budget = budget_from_spec(spec, shared_store())
+    budget = budget_from_spec(spec, InProcessStore().consume)
     runner = PipelineRunner(spec, backend.complete, ToolRegistry.from_spec(spec), budget=budget)
     result = asyncio.run(runner.run("support-triage", {"message": "refund please"}))
     classify = result.steps[0]

@@ -8,33 +8,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from cluster.spec import parse_spec
-from deployments.fleet_state_core import FleetStateCore
 from deployments.pipeline.idempotency import IdempotentRuns
 from deployments.pipeline.runner import PipelineRunner
 from deployments.pipeline.tools import ToolRegistry
 from deployments.router.api import build_api
+from tests.unit.in_process_store import InProcessStore
 from tests.unit.test_chat_escalation import FLEET, ScriptedBackend
 
 ORDER_SCHEMA = {"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]}
-
-
-class InProcessStore:
-    """The shared store's logic in process, behind the async client's methods."""
-
-    def __init__(self):
-        self.core = FleetStateCore()
-        self.fail = False
-
-    async def put_if_absent(self, ns, key, value, ttl_s=None):
-        if self.fail:
-            raise TimeoutError("the state actor did not answer")
-        return self.core.put_if_absent(ns, key, value, ttl_s)
-
-    async def put(self, ns, key, value, ttl_s=None):
-        self.core.put(ns, key, value, ttl_s)
-
-    async def delete(self, ns, key):
-        return self.core.delete(ns, key)
 
 
 def refund_spec():
