@@ -19,6 +19,13 @@ from dataclasses import dataclass
 DEFAULT_QUEUE_OBJECTIVE_S = 10.0
 """A model's queue-wait budget when neither the spec nor the request sets one."""
 MIN_RETRY_AFTER_S = 1
+
+
+def model_objective_s(declared: float | None) -> float:
+    """A model's queue-wait objective: its spec's ``latency_objective_s``, else :data:`DEFAULT_QUEUE_OBJECTIVE_S`."""
+    return declared or DEFAULT_QUEUE_OBJECTIVE_S
+
+
 PRIORITY_SHARE = {"high": 1.0, "normal": 0.8, "low": 0.5}
 """The share of the queue-wait budget each priority class may use: as a queue grows, low requests are refused
 first, then normal ones; high ones wait up to the whole objective."""
@@ -34,11 +41,16 @@ class Admission:
     retry_after_s: int = 0
 
 
+def tighter(budget_s: float | None, other_s: float | None) -> float | None:
+    """The smaller of two optional time budgets (None: no budget)."""
+    return budget_s if other_s is None else other_s if budget_s is None else min(budget_s, other_s)
+
+
 def queue_budget(objective_s: float, priority: str, caller_budget_s: float | None) -> float:
     """How long a request may wait for a batch slot: its priority class's share of the model's objective, or the
     caller's own budget (a specialist's objective, a pipeline's time left) when that is smaller."""
-    budget = objective_s * PRIORITY_SHARE.get(priority, PRIORITY_SHARE["normal"])
-    return budget if caller_budget_s is None else min(budget, caller_budget_s)
+    share = objective_s * PRIORITY_SHARE.get(priority, PRIORITY_SHARE["normal"])
+    return share if caller_budget_s is None else min(share, caller_budget_s)
 
 
 def decide_admission(

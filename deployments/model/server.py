@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import ray
 from opentelemetry import trace
 
-from cluster.admission import DEFAULT_QUEUE_OBJECTIVE_S, Admission, decide_admission, queue_budget
+from cluster.admission import Admission, decide_admission, model_objective_s, queue_budget
 from cluster.autoscaling_policy import OBJECTIVE_METRIC, WAIT_METRIC
 from cluster.model_store import resolve_source
 from cluster.spec import ModelSpec
@@ -50,7 +50,7 @@ class ModelServer:
         self.throughput = ThroughputMeter()
         self.slots = BatchSlots(model.concurrent_seqs)
         self.decode = DecodeRate(model.concurrent_seqs)
-        self.latency_objective_s: float = model.latency_objective_s or DEFAULT_QUEUE_OBJECTIVE_S
+        self.latency_objective_s: float = model_objective_s(model.latency_objective_s)
         self.max_waiting = model.max_queued_requests
         self.last_refusal = (float("-inf"), 0.0)  # (when, expected wait): refusals are demand too
         imported = time.time()
@@ -64,7 +64,7 @@ class ModelServer:
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """The deployment's ``user_config`` (live, no restart): the model's latency objective and queue bound."""
-        self.latency_objective_s = config.get("latency_objective_s") or DEFAULT_QUEUE_OBJECTIVE_S
+        self.latency_objective_s = model_objective_s(config.get("latency_objective_s"))
         self.max_waiting = config.get("max_queued_requests", self.max_waiting)
 
     async def record_autoscaling_stats(self) -> dict[str, float]:

@@ -21,7 +21,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
-from cluster.admission import DEFAULT_QUEUE_OBJECTIVE_S, queue_budget
+from cluster.admission import DEFAULT_QUEUE_OBJECTIVE_S, model_objective_s, queue_budget, tighter
 from cluster.cost import PriceBook, llm_reference_model
 from cluster.render.common import model_deployment_name
 from cluster.spec import FleetSpec, SpecialistSpec, parse_spec
@@ -82,11 +82,7 @@ class ServeBackend:
         """The request with its specialist's settings, the caller's trace, and the specialist's queue budget
         (a pipeline's remaining deadline, when smaller, stays)."""
         specialist = self.specialists.get(request.specialist) if request.specialist else None
-        budget = request.queue_budget_s
-        if specialist is not None and specialist.latency_objective_s is not None:
-            budget = (
-                min(budget, specialist.latency_objective_s) if budget is not None else specialist.latency_objective_s
-            )
+        budget = tighter(request.queue_budget_s, specialist.latency_objective_s if specialist is not None else None)
         return replace(
             request,
             specialist_spec=specialist,
@@ -273,7 +269,7 @@ def router_state(config: dict[str, Any], metrics: FleetMetrics, shared: FleetSta
     prices = PriceBook.from_spec(spec, replica_per_hour=hourly)
     metrics.prices, metrics.llm_model = prices, llm_reference_model(spec)
     at_zero = frozenset(name for name, model in spec.models.items() if model.autoscaling.min_replicas == 0)
-    objectives = {name: m.latency_objective_s or DEFAULT_QUEUE_OBJECTIVE_S for name, m in spec.models.items()}
+    objectives = {name: model_objective_s(m.latency_objective_s) for name, m in spec.models.items()}
     backend = ServeBackend(model_handles(spec), dict(spec.specialists), metrics, at_zero, objectives)
     budget = budget_from_spec(spec, shared.consume if shared is not None else None)
     runner = PipelineRunner(

@@ -3,7 +3,7 @@ come back. And the measurements it is fed: the decode rate of a full batch and w
 
 import pytest
 
-from cluster.admission import PRIORITY_SHARE, decide_admission, queue_budget
+from cluster.admission import PRIORITY_SHARE, decide_admission, queue_budget, tighter
 from deployments.model.decode_rate import DEFAULT_EXPECTED_TOKENS, MIN_SAMPLES, DecodeRate
 
 
@@ -90,3 +90,10 @@ def test_a_callers_own_smaller_budget_wins_over_its_class_share():
     assert queue_budget(10.0, "high", 2.5) == 2.5
     assert queue_budget(10.0, "low", 30.0) == 5.0
     assert queue_budget(10.0, "unknown-class", None) == 8.0  # treated as normal
+
+
+def test_the_tighter_of_two_budgets_and_none_is_no_budget():
+    assert tighter(None, None) is None
+    assert tighter(3.0, None) == tighter(None, 3.0) == 3.0
+    assert tighter(3.0, 0.0) == 0.0  # a pipeline with no time left gives its calls none
+    assert queue_budget(10.0, "high", 0.0) == 0.0
