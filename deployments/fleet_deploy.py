@@ -10,11 +10,13 @@ deployment a fresh random code version, so every redeploy restarts every engine.
 from __future__ import annotations
 
 import time
+from collections.abc import MutableMapping
 from typing import Any
 
 from cluster.placement import Plan, plan_from_store
 from cluster.render.serve_config import build_serve_config
-from cluster.spec import FleetSpec
+from cluster.spec import FleetSpec, is_loopback
+from deployments.local_run import LOOPBACK_ONLY_ENV
 
 READY_TIMEOUT_S = 600.0
 POLL_S = 1.0
@@ -70,14 +72,23 @@ def _failed(status: object) -> bool:
     return str(status).endswith(("DEPLOY_FAILED", "UNHEALTHY"))
 
 
-def attach(address: str) -> None:
-    """Join a running fleet's Ray as a driver (a local `slmfleet up` cluster uses Ray's token auth).
+def driver_environ(address: str, environ: MutableMapping[str, str]) -> None:
+    """What a driver of the fleet's Ray at ``address`` needs in its environment, where not already set: Ray's token
+    auth (a local ``slmfleet up`` cluster uses it), and for a loopback address the local fleet's loopback-only mode
+    (:data:`deployments.local_run.LOOPBACK_ONLY_ENV`): outside it, Ray turns 127.0.0.1 into the machine's own
+    address and never reaches a GCS that listens on loopback."""
+    environ.setdefault("RAY_AUTH_MODE", "token")
+    if is_loopback(address.rpartition(":")[0].strip("[]")):
+        for name, value in LOOPBACK_ONLY_ENV.items():
+            environ.setdefault(name, value)
 
-    The auth mode is set before Ray is imported: Ray reads its ``RAY_*`` settings once, at import.
-    """
+
+def attach(address: str) -> None:
+    """Join a running fleet's Ray as a driver, its environment set first (:func:`driver_environ`): Ray reads its
+    ``RAY_*`` settings once, at import."""
     import os
 
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    driver_environ(address, os.environ)
     import ray
 
     ray.init(address=address, logging_level="ERROR", log_to_driver=False)

@@ -17,10 +17,26 @@ from cluster.spec_errors import SpecError, SpecIssue
 from deployments.pipeline.tools import ToolLoadError, import_callable
 from deployments.router.auth_gate import exposure_issues
 
+LOOPBACK_ONLY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+"""A local fleet's Ray on loopback. Ray 2.60 binds its servers (GCS, raylet, object manager, every worker's gRPC
+port, the dashboard agent, the metrics and runtime-env agents) to the node's IP, and on Linux the node IP is the
+machine's own address, so about 20 ports listen beyond the machine. This switch is Ray's single-node mode, the
+default on macOS and Windows: the node IP becomes 127.0.0.1 and those servers bind loopback. No other node can
+join; a user who wants one sets the variable to 1. Serve's replica gRPC servers stay on ``[::]`` (Serve hard-codes
+that address in ``serve/_private/replica.py``); they accept only Ray's token-authenticated calls."""
+
 
 def apply_serve_env(environ: MutableMapping[str, str]) -> None:
     """Serve's settings for a fleet (:data:`SERVE_ENV`), where the caller's environment does not set them."""
     for name, value in SERVE_ENV.items():
+        environ.setdefault(name, value)
+
+
+def apply_local_ray_env(environ: MutableMapping[str, str]) -> None:
+    """A local fleet's environment, before Ray is imported (Ray reads its ``RAY_*`` settings once, at import):
+    Serve's settings and loopback-only Ray, where the caller's environment does not set them."""
+    apply_serve_env(environ)
+    for name, value in LOOPBACK_ONLY_ENV.items():
         environ.setdefault(name, value)
 
 
@@ -34,6 +50,8 @@ def run_local(
     address: str | None,
     metrics_port: int | None = None,
 ) -> int:
+    if not address:
+        apply_local_ray_env(os.environ)  # every process of the local cluster inherits it
     import ray
     from ray import serve
 
@@ -49,7 +67,6 @@ def run_local(
     if address:
         ray.init(address=address)  # a running cluster keeps the environment it was started with
     else:
-        apply_serve_env(os.environ)  # before ray.init: every process of the local cluster inherits it
         ray.init(
             address="local",
             num_cpus=num_cpus,
@@ -103,6 +120,14 @@ def _raise_interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
+def _how_to_attach() -> str:
+    """How a driver joins this fleet's Ray: on loopback-only Ray, only a driver in the same mode can."""
+    loopback = " ".join(f"{name}={value}" for name, value in LOOPBACK_ONLY_ENV.items())
+    if all(os.environ.get(name) == value for name, value in LOOPBACK_ONLY_ENV.items()):
+        return f"a driver attaches with ray.init(address=...) under RAY_AUTH_MODE=token {loopback}"
+    return "a driver attaches with ray.init(address=...) under RAY_AUTH_MODE=token"
+
+
 def _print_ready(spec: FleetSpec, host: str, port: int) -> None:
     import ray
 
@@ -115,7 +140,7 @@ def _print_ready(spec: FleetSpec, host: str, port: int) -> None:
         f"Try:\n  curl -s {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} \\\n"
         f'    -d \'{{"model": "{name}", "messages": [{{"role": "user", '
         f'"content": "Where is my order? It was due on Monday."}}]}}\'\n'
-        f"Ray cluster: {ray.get_runtime_context().gcs_address}  (a driver attaches with ray.init(address=...))\n"
+        f"Ray cluster: {ray.get_runtime_context().gcs_address}  ({_how_to_attach()})\n"
         "Press Ctrl-C to stop.",
         flush=True,
     )

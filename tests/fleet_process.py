@@ -12,10 +12,17 @@ import httpx
 import psutil
 import pytest
 
+from deployments.local_run import LOOPBACK_ONLY_ENV
 from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 420
+
+
+def driver_env() -> dict[str, str]:
+    """The environment a driver script needs to join a local fleet's Ray: its token auth, and its loopback-only
+    mode (``deployments.local_run.LOOPBACK_ONLY_ENV``; a driver outside it cannot reach a loopback GCS)."""
+    return {**os.environ, "RAY_AUTH_MODE": "token", **LOOPBACK_ONLY_ENV}
 
 
 class Fleet:

@@ -8,12 +8,15 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import httpx
 import pytest
 import yaml
 
+from deployments.local_run import LOOPBACK_ONLY_ENV
 from tests.e2e.conftest import e2e_spec
+from tests.fleet_process import driver_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
@@ -48,15 +51,16 @@ print(json.dumps(read_runtime_state()))
 
 def run(args, timeout=300, env=None):
     """A driver script joins the fleet's Ray with the token auth it uses (``ray.init`` alone does not)."""
-    env = env or {**os.environ, "RAY_AUTH_MODE": "token"}
+    env = env or driver_env()
     done = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
 
 def cli(*args):
-    """``slmfleet ...`` as a user runs it: in the user's environment, with nothing about Ray's auth set."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    """``slmfleet ...`` as a user runs it: in the user's environment, with nothing about Ray's auth or its
+    loopback-only mode set (the CLI sets both when it attaches)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", *LOOPBACK_ONLY_ENV)}
     return run([sys.executable, "-m", "cluster.cli", *args], env=env)
 
 
@@ -114,14 +118,16 @@ class SteadyTraffic:
     status is kept, so an edit that drops or fails a request in flight shows."""
 
     def __init__(self, url, models):
-        self.url, self.statuses, self.stopping = url, [], threading.Event()
+        self.url, self.statuses, self.seconds, self.stopping = url, [], [], threading.Event()
         self.threads = [threading.Thread(target=self._loop, args=(model,)) for model in models]
 
     def _loop(self, model):
         body = {"model": model, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8}
         while not self.stopping.is_set():
+            sent = time.monotonic()
             try:
                 resp = httpx.post(f"{self.url}/v1/chat/completions", json=body, timeout=240)
+                self.seconds.append(time.monotonic() - sent)
                 self.statuses.append((model, resp.status_code, resp.text[:200] if resp.status_code != 200 else ""))
             except httpx.HTTPError as exc:
                 self.statuses.append((model, None, repr(exc)))
@@ -204,4 +210,8 @@ def test_each_kind_of_change_restarts_exactly_where_diff_says_and_loses_no_reque
     statuses = traffic.statuses + more.statuses
     failed = [s for s in statuses if s[1] != 200]
     assert not failed, failed
+    print(
+        f"FIGURE: smol's engine restarted by apply under steady traffic: {len(traffic.statuses)} requests, "
+        f"0 failed, slowest {max(traffic.seconds):.1f} s (the old replica drains while the new one starts)"
+    )
     assert {m for m, _, _ in traffic.statuses} == {"smol", "big"} and len(statuses) >= 4, statuses

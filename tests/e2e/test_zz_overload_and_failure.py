@@ -2,7 +2,6 @@
 engine and deletes a model's app on purpose."""
 
 import asyncio
-import os
 import subprocess
 import sys
 import time
@@ -10,6 +9,8 @@ import time
 import httpx
 import psutil
 import pytest
+
+from tests.fleet_process import driver_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 BURST = 100  # smol admits concurrent_seqs (8) in its batch and at most 32 waiting; the rest must bounce at once
@@ -128,7 +129,7 @@ def test_deleting_a_models_deployment_mid_run_makes_its_steps_escalate_not_fail(
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
-        env={**os.environ, "RAY_AUTH_MODE": "token"},
+        env=driver_env(),
     )
     deleted = []
 

@@ -2,7 +2,6 @@
 with ``slmfleet up`` once for the package, and a driver attached to its Ray that reads the engine's own counts."""
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,7 +11,7 @@ from typing import Any
 import pytest
 
 from benchmarks.common import small_spec
-from tests.fleet_process import Fleet, start_fleet, stop
+from tests.fleet_process import Fleet, driver_env, start_fleet, stop
 
 # Reads one model replica's load() (vLLM's own unfinished-request count, the batch queue) per line on stdin.
 LOAD_READER = """
@@ -30,7 +29,7 @@ class LoadReader:
     """``read()`` -> the model replica's ``load()``: what its engine and batch slots hold right now."""
 
     def __init__(self, address: str, deployment: str) -> None:
-        env = {**os.environ, "RAY_AUTH_MODE": "token"}
+        env = driver_env()
         self.proc = subprocess.Popen(
             [sys.executable, "-c", LOAD_READER, address, deployment],
             stdin=subprocess.PIPE,

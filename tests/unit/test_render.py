@@ -494,3 +494,31 @@ def test_every_ray_container_and_node_and_local_run_gets_serves_settings(rayserv
     environ = {"RAY_SERVE_USE_GRPC_BY_DEFAULT": "0"}  # a user's own choice wins
     apply_serve_env(environ)
     assert environ == {**SERVE_ENV, "RAY_SERVE_USE_GRPC_BY_DEFAULT": "0"}
+
+
+def test_only_a_local_fleets_ray_is_loopback_only_and_its_drivers_join_in_the_same_mode(
+    rayservice_doc, production
+) -> None:
+    from deployments.fleet_deploy import driver_environ
+    from deployments.local_run import LOOPBACK_ONLY_ENV, apply_local_ray_env
+
+    environ: dict[str, str] = {}
+    apply_local_ray_env(environ)
+    assert environ.items() >= LOOPBACK_ONLY_ENV.items()
+    chosen = {name: "1" for name in LOOPBACK_ONLY_ENV}  # a user who wants other nodes to join says so
+    apply_local_ray_env(chosen)
+    assert all(chosen[name] == "1" for name in LOOPBACK_ONLY_ENV)
+
+    cluster = rayservice_doc["spec"]["rayClusterConfig"]  # multi-node renders never carry it
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        (container,) = group["template"]["spec"]["containers"]
+        assert not {e["name"] for e in container["env"]} & set(LOOPBACK_ONLY_ENV)
+    launcher = render.build_ray_cluster(*production)
+    assert not any(name in str(launcher) for name in LOOPBACK_ONLY_ENV)
+
+    for address, loopback in [("127.0.0.1:6379", True), ("[::1]:6379", True), ("localhost:1", True),
+                              ("10.0.0.5:6379", False), ("auto", False), ("ray://head:10001", False)]:  # fmt: skip
+        environ = {}
+        driver_environ(address, environ)
+        assert environ["RAY_AUTH_MODE"] == "token"
+        assert (environ.items() >= LOOPBACK_ONLY_ENV.items()) is loopback, address
