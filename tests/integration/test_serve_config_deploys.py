@@ -18,7 +18,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -38,11 +38,18 @@ SERVE = REPO / ".venv" / "bin" / "serve"
 START_TIMEOUT_S = 420
 STOP_TIMEOUT_S = 60
 LOGICAL_CPUS = 8
+Served = tuple[str, dict, Path, subprocess.Popen]  # the fleet's URL, its rendered config, the log, `serve run`
 
 
-def render_default_fleet(path: Path, port: int) -> dict:
-    """The default fleet's Serve config as `slmfleet render serve` writes it, on a free port."""
-    spec = load_spec(REPO / "fleet.yaml")
+def render_default_fleet(path: Path, port: int, edit: Callable[[dict], None] | None = None) -> dict:
+    """The default fleet's Serve config as `slmfleet render serve` writes it, on a free port; ``edit`` changes the
+    spec (as YAML data) before rendering."""
+    data = yaml.safe_load((REPO / "fleet.yaml").read_text())
+    if edit is not None:
+        edit(data)
+    spec_path = path.with_name("fleet.yaml")
+    spec_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    spec = load_spec(spec_path)
     for model in spec.models.values():  # convert bundled weights here once, not inside the replica's start-up
         resolve_source(model.source)
     text = render.serve_config_text(spec, plan_from_store(spec), "fleet.yaml", "slmfleet render serve fleet.yaml")
@@ -66,13 +73,14 @@ def stop(proc: subprocess.Popen) -> None:
     proc.wait(10)
 
 
-@pytest.fixture
-def served_fleet(tmp_path: Path) -> Iterator[tuple[str, dict, Path, subprocess.Popen]]:
+@contextlib.contextmanager
+def serve_run(tmp_path: Path, edit: Callable[[dict], None] | None = None) -> Iterator[Served]:
+    """`serve run` of the default fleet's rendered config (edited by ``edit``): (url, config, log, process)."""
     if not SERVE.is_file():
         pytest.skip(f"{SERVE} not found: the project's virtual environment is needed")
     port = free_port()
     config_path = tmp_path / "serve.yaml"
-    config = render_default_fleet(config_path, port)
+    config = render_default_fleet(config_path, port, edit)
     ray_tmp = Path(tempfile.mkdtemp(prefix="sfr", dir="/tmp"))  # short: Ray's socket paths have a length limit
     log = tmp_path / "serve-run.log"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -96,6 +104,12 @@ def served_fleet(tmp_path: Path) -> Iterator[tuple[str, dict, Path, subprocess.P
     finally:
         stop(proc)
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def served_fleet(tmp_path: Path) -> Iterator[Served]:
+    with serve_run(tmp_path) as running:
+        yield running
 
 
 def log_tail(log: Path, lines: int = 80) -> str:
@@ -129,3 +143,29 @@ def test_rendered_serve_config_deploys_and_answers(served_fleet) -> None:
     answer = response.json()["choices"][0]["message"]["content"].strip()
     assert answer in intent["output"]["choice"], f"{answer!r} is not one of {intent['output']['choice']}"
     assert "Running config file" in log.read_text(errors="replace"), "not started from the config file"
+
+
+def exposed_without_keys(data: dict) -> None:
+    """The router bound beyond loopback with no keys; the small models at zero replicas, so only the LLM tier's
+    engine (which may not scale to zero) starts, and the test is over before it is up."""
+    data["server"] = {**data.get("server", {}), "host": "0.0.0.0"}
+    data["server"].pop("api_keys_env", None)
+    for model in data["models"].values():
+        if model.get("tier") != "llm":
+            model["autoscaling"] = {**model.get("autoscaling", {}), "min_replicas": 0}
+
+
+def test_serve_run_of_an_exposed_config_without_keys_serves_nothing(tmp_path: Path) -> None:
+    """The auth gate on the `serve run` launch path: the router replica refuses its spec (the same rule and words
+    as `slmfleet up`'s exit 2), so no route answers, keyless or not, on any interface."""
+    with serve_run(tmp_path, exposed_without_keys) as (url, config, log, _):
+        assert config["http_options"]["host"] == "0.0.0.0"
+        deadline, refused = time.monotonic() + START_TIMEOUT_S, False
+        while time.monotonic() < deadline and not refused:
+            refused = "binding beyond loopback without API keys" in log.read_text(errors="replace")
+            for path in ("/v1/models", "/healthz"):
+                with contextlib.suppress(httpx.HTTPError):
+                    answer = httpx.get(f"{url}{path}", timeout=10)
+                    assert answer.status_code != 200, f"{path} answered 200 from an exposed router without keys"
+            time.sleep(2)
+        assert refused, f"the router replica never refused its spec:\n{log_tail(log)}"
