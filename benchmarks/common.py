@@ -46,14 +46,16 @@ def small_spec(path: Path, pipelines: dict | None = None) -> Path:
 
 @contextlib.contextmanager
 def running_fleet(
-    pipelines: dict | None = None, env: dict[str, str] | None = None, work: Path | None = None
+    pipelines: dict | None = None, env: dict[str, str] | None = None, work: Path | None = None, spec: Path | None = None
 ) -> Iterator[str]:
     """``slmfleet up`` on a free port, with ``env`` added to its environment (and so to its Ray cluster's
-    processes); yields its URL once /healthz says every model is up. Its spec and log are ``work``'s
-    ``fleet.yaml`` and ``fleet.log`` (a fresh temporary folder by default)."""
+    processes); yields its URL once /healthz says every model is up. Its spec is ``spec``, or ``work``'s
+    ``fleet.yaml`` (the small fleet with ``pipelines``); its log is ``work``'s ``fleet.log`` (a fresh temporary
+    folder by default)."""
     work = work or Path(tempfile.mkdtemp(prefix="slmfleet-bench-"))
     port = free_port()
-    cmd = [sys.executable, "-m", "cluster.cli", "up", "--spec", str(small_spec(work / "fleet.yaml", pipelines))]
+    spec = spec or small_spec(work / "fleet.yaml", pipelines)
+    cmd = [sys.executable, "-m", "cluster.cli", "up", "--spec", str(spec)]
     log = open(work / "fleet.log", "w")  # noqa: SIM115 - closed in finally
     proc = subprocess.Popen(
         [*cmd, "--port", str(port)],

@@ -13,6 +13,8 @@ latency (target: each under 100 ms), timeouts and 5xx other than 503 (target: 0 
 ``--kill``: instead of the overload, open-loop arrivals at 0.7 x capacity for ``--seconds`` (90 is the issue's
 form), and the model's replica process killed (SIGKILL) 30 s in. Printed: requests by outcome (target: 0 failed),
 and the time from the kill until ``/healthz`` says the model is ready again (back to full capacity).
+``--kill --escalate``: the same on the whole default fleet (smol and its escalation target, big), calling the
+``extract`` specialist, which escalates to big while smol is unavailable.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import httpx
 import psutil
 import yaml
 
-from benchmarks.common import percentile, running_fleet, small_spec
+from benchmarks.common import ROOT, percentile, running_fleet, small_spec
 from benchmarks.open_loop import Outcome, closed_loop, open_loop, router_seconds, split
 
 BODY = {
@@ -37,6 +39,9 @@ BODY = {
     "max_tokens": 32,
     "temperature": 0.0,
 }
+
+
+EXTRACT_BODY = {"model": "extract", "messages": [{"role": "user", "content": "Alice Martin is 34 and lives in Lyon."}]}
 
 
 def concurrent_seqs() -> int:
@@ -113,15 +118,16 @@ async def kill_and_time_recovery(url: str, after_s: float) -> float:
                 return time.monotonic() - killed
 
 
-async def run_kill(url: str, seconds: float, saturation_s: float) -> list[str]:
+async def run_kill(url: str, seconds: float, saturation_s: float, body: dict) -> list[str]:
     chat = f"{url}/v1/chat/completions"
-    sat_rate, _ = await closed_loop(chat, BODY, concurrent_seqs(), saturation_s)
+    sat_rate, _ = await closed_loop(chat, body, concurrent_seqs(), saturation_s)
     rate = 0.7 * sat_rate
-    load = asyncio.create_task(open_loop(chat, BODY, rate, seconds, seed=2))
+    load = asyncio.create_task(open_loop(chat, body, rate, seconds, seed=2))
     recovery_s = await kill_and_time_recovery(url, 30)
     groups = split(await load)
     return [
-        f"capacity {sat_rate:.2f} req/s; offered {rate:.2f} req/s for {seconds:.0f} s; replica killed at 30 s",
+        f"model {body['model']!r}: capacity {sat_rate:.2f} req/s; offered {rate:.2f} req/s for {seconds:.0f} s; "
+        "smol's replica killed at 30 s",
         f"served {len(groups['served'])}, refused (503/429) {len(groups['shed'])}, timeouts {len(groups['timeouts'])}, "
         f"other errors {collections.Counter(o.status for o in groups['other'])}",
         f"refusal codes: {collections.Counter(o.code for o in groups['shed'])}",
@@ -135,11 +141,13 @@ def main() -> None:
     parser.add_argument("--saturation-seconds", type=float, default=30, help="saturation phase (default 30)")
     parser.add_argument("--factor", type=float, default=2.0, help="offered rate / saturation rate (default 2)")
     parser.add_argument("--kill", action="store_true", help="0.7x load and the replica killed 30 s in instead")
+    parser.add_argument("--escalate", action="store_true", help="with --kill: the default fleet, an escalating call")
     args = parser.parse_args()
     started, work = time.monotonic(), Path(tempfile.mkdtemp(prefix="slmfleet-overload-"))
     if args.kill:
-        with running_fleet(work=work) as url:
-            print("\n".join(asyncio.run(run_kill(url, args.seconds, args.saturation_seconds))))
+        spec, body = (ROOT / "fleet.yaml", EXTRACT_BODY) if args.escalate else (None, BODY)
+        with running_fleet(work=work, spec=spec) as url:
+            print("\n".join(asyncio.run(run_kill(url, args.seconds, args.saturation_seconds, body))))
         print(f"wall {time.monotonic() - started:.0f} s")
         return
     with running_fleet(work=work) as url:
