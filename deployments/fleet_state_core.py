@@ -13,6 +13,7 @@ import math
 import os
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,7 +117,6 @@ class FleetStateCore:
         self._values: dict[str, dict[str, _Entry]] = {}
         self._windows: dict[str, dict[str, _Window]] = {}
         self._leases: dict[str, dict[str, dict[str, float]]] = {}  # ns -> key -> lease id -> expiry
-        self._lease_serial = 0
         self._next_sweep = clock() + SWEEP_INTERVAL_S
         restored = _parse_snapshot(snapshot) if snapshot is not None else self._load_file()
         for ns, entries in restored.items():
@@ -229,8 +229,7 @@ class FleetStateCore:
         held = self._live_leases(ns, key, now)
         if len(held) >= limit:
             return Leased(None, len(held))
-        self._lease_serial += 1
-        lease_id = f"{self._lease_serial:x}"
+        lease_id = uuid.uuid4().hex  # never reused, even by a restarted store: an old holder frees only its own
         held[lease_id] = now + ttl_s
         return Leased(lease_id, len(held))
 
