@@ -11,10 +11,11 @@ import sys
 from pathlib import Path
 
 from cluster import render
+from cluster.adapter_files import adapter_file_issues, local_adapter_notes
 from cluster.model_store import ModelSourceError
 from cluster.placement import PlacementError, plan_from_store, render_plan
 from cluster.render.common import RenderError
-from cluster.spec import load_spec
+from cluster.spec import FleetSpec, load_spec
 from cluster.spec_errors import SpecError
 
 EXIT_USAGE = 2
@@ -29,8 +30,20 @@ def default_spec_path() -> str:
     return str(Path(__file__).resolve().parent.parent / DEFAULT_SPEC)
 
 
+def load_checked_spec(path: str) -> FleetSpec:
+    """The spec, with its local adapters' files checked against their models (here, where the files are
+    reachable; the router never reads them); warnings for local paths a multi-node fleet relies on."""
+    spec = load_spec(path)
+    issues = adapter_file_issues(spec)
+    if issues:
+        raise SpecError(path, issues)
+    for note in local_adapter_notes(spec):
+        print(f"warning: {note}", file=sys.stderr)
+    return spec
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
-    spec = load_spec(args.spec)
+    spec = load_checked_spec(args.spec)
     print(
         f"{args.spec}: ok ({len(spec.models)} models, {len(spec.specialists)} specialists, "
         f"{len(spec.pipelines)} pipelines, {len(spec.pools)} pools)"
@@ -39,7 +52,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    spec = load_spec(args.spec)
+    spec = load_checked_spec(args.spec)
     try:
         plan = plan_from_store(spec)
     except PlacementError as exc:
@@ -53,7 +66,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     # The one place cluster/ reaches into deployments/, lazily: Ray and Serve load only for `up`.
     from deployments.local_run import run_local
 
-    spec = load_spec(args.spec)
+    spec = load_checked_spec(args.spec)
     return run_local(
         spec,
         host=args.host,
@@ -69,7 +82,7 @@ def _cmd_diff(args: argparse.Namespace) -> int:
     """What applying the spec to a running fleet would change: per app and deployment, live or restart, and why."""
     from deployments import fleet_deploy
 
-    spec = load_spec(args.spec)
+    spec = load_checked_spec(args.spec)
     fleet_deploy.attach(args.address)
     diff, _ = fleet_deploy.spec_diff(spec, fleet_deploy.running_details())
     print(json.dumps(diff.as_dict(), indent=2, default=str) if args.json else diff.render_text())
@@ -80,7 +93,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     """Print the diff, then deploy the spec's rendered config to the running fleet and wait until it runs."""
     from deployments import fleet_deploy
 
-    spec = load_spec(args.spec)
+    spec = load_checked_spec(args.spec)
     fleet_deploy.attach(args.address)
     diff, desired = fleet_deploy.spec_diff(spec, fleet_deploy.running_details())
     print(diff.render_text())

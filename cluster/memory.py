@@ -29,6 +29,9 @@ RUNTIME_OVERHEAD_FRACTION = 0.10
 # Llama-3.2-1B 32k (40k), Qwen2.5-3B 18k (58k), Llama-3.2-3B 56k (59k), Qwen2.5-7B 28k (83k), Llama-3.1-8B 64k (85k),
 # Qwen2.5-32B 128k (149k), Llama-3.1-70B 160k (202k). Models without GQA (Phi-3.5-mini 192k, SmolLM2-1.7B 96k)
 # exceed it: give those memory_gib or a config.json.
+# LoRA slots without a config.json: values per slot per unit of rank as a fraction of the parameter count. Counted
+# from config.json shapes: SmolLM2-135M 2.3e-3, Llama-2-7B 3.7e-4, Llama-3.1-8B 3.3e-4; the guess keeps the high end.
+LORA_GUESS_VALUES_PER_PARAM_PER_RANK = 2.5e-3
 KV_GUESS_SCALE = 36_864
 KV_GUESS_EXPONENT = 0.4
 
@@ -46,10 +49,11 @@ class MemoryEstimate:
     overhead_gib: float
     source: str  # "declared" (memory_gib), "config.json" or "params_b"
     params_b: float | None = None
+    lora_gib: float = 0.0  # the LoRA slots (max_loras adapters at max_lora_rank), reserved at start
 
     @property
     def total_gib(self) -> float:
-        return self.weights_gib + self.kv_cache_gib + self.overhead_gib
+        return self.weights_gib + self.kv_cache_gib + self.lora_gib + self.overhead_gib
 
     def per_gpu_gib(self, tensor_parallel: int) -> float:
         """Memory on each GPU when weights and KV cache are split ``tensor_parallel`` ways.
@@ -58,13 +62,15 @@ class MemoryEstimate:
         """
         if tensor_parallel == 1 or self.source == "declared":
             return self.total_gib / tensor_parallel
-        split = (self.weights_gib + self.kv_cache_gib) * (1 + RUNTIME_OVERHEAD_FRACTION) / tensor_parallel
+        reserved = self.weights_gib + self.kv_cache_gib + self.lora_gib
+        split = reserved * (1 + RUNTIME_OVERHEAD_FRACTION) / tensor_parallel
         return split + RUNTIME_OVERHEAD_GIB
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "weights_gib": round(self.weights_gib, 3),
             "kv_cache_gib": round(self.kv_cache_gib, 3),
+            "lora_gib": round(self.lora_gib, 3),
             "overhead_gib": round(self.overhead_gib, 3),
             "total_gib": round(self.total_gib, 3),
             "source": self.source,
@@ -96,8 +102,42 @@ def estimate_engine_memory(name: str, model: ModelSpec, config: dict[str, Any] |
         )
     weights = params * dtype_bytes / GIB
     kv_cache = kv_values * dtype_bytes * tokens / GIB
-    overhead = RUNTIME_OVERHEAD_GIB + RUNTIME_OVERHEAD_FRACTION * (weights + kv_cache)
-    return MemoryEstimate(weights, kv_cache, overhead, source, params / 1e9)
+    lora = lora_values_per_rank(config, params) * _lora_ranks(model) * dtype_bytes / GIB
+    overhead = RUNTIME_OVERHEAD_GIB + RUNTIME_OVERHEAD_FRACTION * (weights + kv_cache + lora)
+    return MemoryEstimate(weights, kv_cache, overhead, source, params / 1e9, lora)
+
+
+def _lora_ranks(model: ModelSpec) -> int:
+    """Slots x rank: how many rank-1 LoRA layers the engine reserves (0 without LoRA)."""
+    return model.lora.max_loras * model.lora.max_lora_rank if model.lora else 0
+
+
+def lora_values_per_rank(config: dict[str, Any] | None, params: float) -> float:
+    """Values one LoRA slot holds per unit of rank: A (r x in) and B (out x r) for every linear layer of every
+    decoder layer, since vLLM reserves every module a LoRA may target; without a config, a share of ``params``."""
+    if not config:
+        return LORA_GUESS_VALUES_PER_PARAM_PER_RANK * params
+    layers = int(text_config(config)["num_hidden_layers"])
+    return float(layers * sum(i + o for i, o in module_dims(config).values()))
+
+
+def module_dims(config: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """(in, out) features of each linear layer a LoRA may target, for a Llama/Qwen/Mistral-shaped config."""
+    cfg = text_config(config)
+    hidden = int(cfg["hidden_size"])
+    heads = int(cfg["num_attention_heads"])
+    kv_heads = int(cfg.get("num_key_value_heads") or heads)
+    head_dim = _head_dim(cfg)
+    intermediate = int(cfg.get("intermediate_size") or 4 * hidden)
+    return {
+        "q_proj": (hidden, heads * head_dim),
+        "k_proj": (hidden, kv_heads * head_dim),
+        "v_proj": (hidden, kv_heads * head_dim),
+        "o_proj": (heads * head_dim, hidden),
+        "gate_proj": (hidden, intermediate),
+        "up_proj": (hidden, intermediate),
+        "down_proj": (intermediate, hidden),
+    }
 
 
 def heuristic_kv_values_per_token(params_b: float) -> int:
@@ -105,7 +145,7 @@ def heuristic_kv_values_per_token(params_b: float) -> int:
     return math.ceil(KV_GUESS_SCALE * params_b**KV_GUESS_EXPONENT)
 
 
-def _text_config(config: dict[str, Any]) -> dict[str, Any]:
+def text_config(config: dict[str, Any]) -> dict[str, Any]:
     """Multimodal configs nest the language model under ``text_config``."""
     inner = config.get("text_config")
     return {**config, **inner} if isinstance(inner, dict) else config
@@ -120,7 +160,7 @@ def _head_dim(config: dict[str, Any]) -> int:
 
 def kv_values_per_token(config: dict[str, Any]) -> int:
     """2 (K and V) x layers x KV heads x head size, from an HF config.json."""
-    cfg = _text_config(config)
+    cfg = text_config(config)
     kv_heads = int(cfg.get("num_key_value_heads") or cfg["num_attention_heads"])
     return 2 * int(cfg["num_hidden_layers"]) * kv_heads * _head_dim(cfg)
 
@@ -131,7 +171,7 @@ def count_params(config: dict[str, Any]) -> float:
     Embeddings (+ an untied LM head), per layer attention (q, k, v, o) and a gated MLP (3 matrices, times the
     expert count for mixture-of-experts), norms ignored (< 0.1%). A ``num_parameters`` key wins when present.
     """
-    cfg = _text_config(config)
+    cfg = text_config(config)
     if cfg.get("num_parameters"):
         return float(cfg["num_parameters"])
     hidden = int(cfg["hidden_size"])

@@ -65,6 +65,35 @@ class EngineSpec(StrictModel):
     seed: int = 0
 
 
+LoraRank = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]  # the ranks vLLM's LoRA kernels are built for
+
+
+class LoraSpec(StrictModel):
+    """A model's LoRA capacity: adapter specialists run on its replicas with their adapter applied, batched with
+    the base model and each other. The slots are reserved at engine start, so they enter the memory estimate."""
+
+    max_loras: int = Field(4, ge=1, description="adapters applied in one batch (slots in accelerator memory)")
+    max_lora_rank: LoraRank = Field(16, description="the largest adapter rank this model's engines accept")
+    max_cpu_loras: int | None = Field(
+        None, ge=1, description="adapters kept loaded in host memory per replica (an LRU cache); default max_loras"
+    )
+    probe_min_divergence: float = Field(
+        0.001,
+        ge=0,
+        description="a runtime registration must move the base model's per-token log-probabilities on the probe "
+        "texts by at least this much (mean absolute difference, nats), else it is refused as not applied",
+    )
+
+    @model_validator(mode="after")
+    def _cache_holds_slots(self) -> LoraSpec:
+        if self.max_cpu_loras is not None and self.max_cpu_loras < self.max_loras:
+            raise ValueError(
+                f"max_cpu_loras ({self.max_cpu_loras}) is below max_loras ({self.max_loras}); "
+                "make it at least max_loras"
+            )
+        return self
+
+
 class ModelSpec(StrictModel):
     """One set of weights served by one vLLM engine per replica."""
 
@@ -104,6 +133,7 @@ class ModelSpec(StrictModel):
     escalation: EscalationPolicy | None = Field(
         None, description="chat calls naming this model escalate by this policy (the router's; no engine restart)"
     )
+    lora: LoraSpec | None = Field(None, description="LoRA capacity; needed by specialists that name an adapter")
 
     @model_validator(mode="after")
     def _llms_never_scale_to_zero(self) -> ModelSpec:
@@ -155,6 +185,38 @@ class SamplingSpec(StrictModel):
     max_tokens: int = Field(256, gt=0)
 
 
+ADAPTER_SCHEMES = ("file://", "s3://", "gs://")
+
+
+class AdapterSpec(StrictModel):
+    """A LoRA adapter (peft's folder: ``adapter_config.json`` + weights) trained on the specialist's model."""
+
+    source: str = Field(
+        min_length=1,
+        description="a local folder, file:///folder, s3://bucket/prefix or gs://bucket/prefix; a local folder must "
+        "exist on every node that serves the model",
+    )
+    version: str = Field(
+        "1",
+        pattern=r"^[A-Za-z0-9._-]{1,40}$",
+        description="change it when the files at source change: replicas cache an adapter by source and version",
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if "://" in value and not value.startswith(ADAPTER_SCHEMES):
+            raise ValueError(f"unknown scheme; give a local folder or a URI starting with {', '.join(ADAPTER_SCHEMES)}")
+        return value
+
+    def is_local(self) -> bool:
+        return not self.source.startswith(("s3://", "gs://"))
+
+    def local_path(self) -> Path:
+        """The folder of a local or ``file://`` source (object-store sources are fetched by the model replica)."""
+        return Path(self.source.removeprefix("file://")).expanduser()
+
+
 class SpecialistSpec(StrictModel):
     """A narrow skill bound to a model: instructions, an output contract and sampling defaults."""
 
@@ -171,6 +233,9 @@ class SpecialistSpec(StrictModel):
         gt=0,
         description="how long a call to this specialist may wait in its model's queue, when shorter than the "
         "model's own objective (an interactive skill on a model shared with batch work); beyond it: 503 or escalation",
+    )
+    adapter: AdapterSpec | None = Field(
+        None, description="a LoRA adapter applied on the model for this specialist's calls (the model needs lora:)"
     )
 
 
@@ -299,12 +364,28 @@ def check_references(spec: FleetSpec) -> list[SpecIssue]:
                 SpecIssue(f"specialists.{name}", name, "a specialist has the same name as a model", "rename one")
             )
         issues.extend(escalation_issues(spec, f"specialists.{name}.escalation", specialist.escalation, _unknown_ref))
+        issues.extend(_adapter_model_issues(spec, name, specialist))
     for name, model in spec.models.items():
         if model.pool is not None and model.pool not in spec.pools:
             issues.append(_unknown_ref(f"models.{name}.pool", model.pool, "pool", list(spec.pools)))
         issues.extend(escalation_issues(spec, f"models.{name}.escalation", model.escalation, _unknown_ref))
     issues.extend(pipeline_issues(spec, _unknown_ref))
     return issues
+
+
+def _adapter_model_issues(spec: FleetSpec, name: str, specialist: SpecialistSpec) -> list[SpecIssue]:
+    """An adapter needs a model with LoRA slots (its files are checked by ``cluster/adapter_files.py``)."""
+    model = spec.models.get(specialist.model)
+    if specialist.adapter is None or model is None or model.lora is not None:
+        return []
+    return [
+        SpecIssue(
+            f"specialists.{name}.adapter",
+            specialist.adapter.source,
+            f"model '{specialist.model}' has no LoRA capacity",
+            f"add 'lora: {{max_loras: 4, max_lora_rank: 16}}' to models.{specialist.model}",
+        )
+    ]
 
 
 def _unknown_ref(path: str, value: str, kind: str, known: list[str]) -> SpecIssue:

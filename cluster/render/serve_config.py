@@ -56,7 +56,11 @@ _DEPLOYMENT_KEYS = (
 
 # The model fields its engine is built from: the only ones in a model app's args (Serve restarts an app's replicas
 # when its args change, so a price, a queue bound, autoscaling or a policy must not be there).
-ENGINE_FIELDS = {"source", "max_model_len", "concurrent_seqs", "dtype", "tensor_parallel", "engine"}
+# The LoRA capacity sizes the engine; its probe threshold is the router's alone.
+ENGINE_FIELDS: dict[str, Any] = {
+    **dict.fromkeys(("source", "max_model_len", "concurrent_seqs", "dtype", "tensor_parallel", "engine"), True),
+    "lora": {"max_loras": True, "max_lora_rank": True, "max_cpu_loras": True},
+}
 
 
 def spec_mapping(spec: FleetSpec) -> dict[str, Any]:

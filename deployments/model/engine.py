@@ -17,11 +17,13 @@ from jinja2 import TemplateError
 from vllm import SamplingParams
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.exceptions import VLLMClientError
+from vllm.lora.request import LoRARequest
 from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
 from cluster.spec import ModelSpec
+from deployments.model.adapters import LoadedAdapter
 from deployments.model.chat_request import EngineCall
 from deployments.model.tool_prompt import render_plain, template_supports_tools
 
@@ -53,6 +55,13 @@ def engine_args(model_path: str, model: ModelSpec, overrides: dict[str, Any] | N
         # longest answer can be bounded in tokens (deployments/model/json_budget.py)
         "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
     }
+    if model.lora is not None:
+        options.update(
+            enable_lora=True,
+            max_loras=model.lora.max_loras,
+            max_lora_rank=model.lora.max_lora_rank,
+            max_cpu_loras=model.lora.max_cpu_loras or model.lora.max_loras,
+        )
     if model.engine.max_num_batched_tokens:
         options["max_num_batched_tokens"] = model.engine.max_num_batched_tokens
     options.update(overrides or {})
@@ -112,7 +121,12 @@ class ChatEngine:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     async def generate(
-        self, call: EngineCall, tally: GenerationTally, *, incremental: bool = True
+        self,
+        call: EngineCall,
+        tally: GenerationTally,
+        *,
+        incremental: bool = True,
+        adapter: LoadedAdapter | None = None,
     ) -> AsyncIterator[str]:
         """Yield text deltas while filling ``tally``; raises PromptTooLongError or vLLM's own errors.
 
@@ -133,7 +147,9 @@ class ChatEngine:
             )
         params = self._sampling_params(call, room, incremental)
         tally.prompt_tokens = len(ids)
-        stream = self.engine.generate({"prompt_token_ids": ids}, params, request_id=uuid.uuid4().hex)
+        stream = self.engine.generate(
+            {"prompt_token_ids": ids}, params, request_id=uuid.uuid4().hex, lora_request=_lora(adapter)
+        )
         async for output in stream:
             choice = output.outputs[0]
             tally.completion_tokens += len(choice.token_ids)
@@ -151,12 +167,37 @@ class ChatEngine:
         kind = RequestOutputKind.DELTA if incremental else RequestOutputKind.FINAL_ONLY
         return SamplingParams(**sampling, structured_outputs=structured, output_kind=kind)
 
+    async def add_adapter(self, adapter: LoadedAdapter) -> None:
+        """Load an adapter into the engine (raises, engine unharmed, when its files cannot be loaded)."""
+        await self.engine.add_lora(_lora(adapter))
+
+    async def remove_adapter(self, adapter: LoadedAdapter) -> None:
+        await self.engine.remove_lora(adapter.int_id)
+
+    async def prompt_logprobs(self, text: str, adapter: LoadedAdapter | None = None) -> list[float]:
+        """The log-probability of each token of ``text`` after the ones before it (one prefill, one token out)."""
+        ids = list(self.tokenizer.encode(text, add_special_tokens=False))
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        final = None
+        async for output in self.engine.generate(
+            {"prompt_token_ids": ids}, params, request_id=uuid.uuid4().hex, lora_request=_lora(adapter)
+        ):
+            final = output
+        positions = (final.prompt_logprobs or []) if final is not None else []
+        return [float(p[t].logprob) for t, p in zip(ids, positions, strict=False) if p and t in p]
+
     async def check_health(self) -> None:
         await self.engine.check_health()
 
     def shutdown(self) -> None:
         self._templating.shutdown(wait=False)
         self.engine.shutdown()
+
+
+def _lora(adapter: LoadedAdapter | None) -> LoRARequest | None:
+    if adapter is None:
+        return None
+    return LoRARequest(adapter.name, adapter.int_id, str(adapter.path))
 
 
 def _openai_tool(tool: Any) -> dict[str, Any]:

@@ -8,6 +8,7 @@ model's app holds only the model's own settings. Failures come back as data
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -16,12 +17,16 @@ from typing import TYPE_CHECKING, Any
 import ray
 from opentelemetry import trace
 
+from cluster.adapter_files import check_adapter_folder
+from cluster.adapter_probe import PROBE_TEXTS, mean_divergence
 from cluster.admission import Admission, decide_admission, model_objective_s, queue_budget
 from cluster.autoscaling_policy import OBJECTIVE_METRIC, WAIT_METRIC
+from cluster.memory import read_model_config
 from cluster.model_store import resolve_source
-from cluster.spec import ModelSpec
+from cluster.spec import AdapterSpec, ModelSpec
+from deployments.model.adapters import AdapterLoader, LoadedAdapter
 from deployments.model.batch_slots import WAIT_WINDOW_S, BatchSlots
-from deployments.model.chat_request import build_engine_call
+from deployments.model.chat_request import EngineCall, build_engine_call
 from deployments.model.decode_rate import DecodeRate
 from deployments.model.gpu_start_lock import gpu_start_lock
 from deployments.model.json_budget import SchemaBudgetError
@@ -59,6 +64,12 @@ class ModelServer:
         gpu_ids = [str(i) for i in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]
         with gpu_start_lock(gpu_ids):  # engines sharing a card profile its memory one at a time
             self.engine = ChatEngine.start(path, model, engine_overrides)
+        capacity = (model.lora.max_cpu_loras or model.lora.max_loras) if model.lora else 0
+        base_config = read_model_config(path)
+        self.adapters = AdapterLoader(
+            self.engine, capacity, lambda folder: check_adapter_folder(folder, model, base_config)
+        )
+        self.base_probe: list[float] | None = None  # the base model's probe log-probabilities, measured once
         self.startup_s = startup_phases(entered, imported, resolved, time.time())
         log.info("model %s started: %s", model_name, self.startup_s)
 
@@ -105,7 +116,12 @@ class ModelServer:
     async def _traced(
         self, request: GenerationRequest, *, incremental: bool
     ) -> AsyncIterator[StreamDelta | GenerationResult]:
-        attributes = {"slmfleet.model": self.model_name, "slmfleet.specialist": request.specialist or ""}
+        adapter = request.specialist_spec.adapter if request.specialist_spec else None
+        attributes = {
+            "slmfleet.model": self.model_name,
+            "slmfleet.specialist": request.specialist or "",
+            "slmfleet.adapter": f"{adapter.source}@{adapter.version}" if adapter else "",
+        }
         parent = context_from_carrier(request.trace_context)
         with TRACER.start_as_current_span("engine.generate", context=parent, attributes=attributes) as span:
             async for item in self._stream(request, incremental):
@@ -128,22 +144,17 @@ class ModelServer:
 
         tally = GenerationTally()
         started = time.perf_counter()
-        try:
-            call = build_engine_call(request, request.specialist_spec)
-        except SchemaBudgetError as exc:
-            yield self._failed("bad_request", str(exc))
+        prepared = await self._prepare(request)
+        if isinstance(prepared, GenerationResult):
+            yield prepared
             return
-        work = self.decode.expected_tokens(call.sampling.get("max_tokens"))
-        verdict = self.admission(request, work)
-        if not verdict.admitted:
-            yield self._refused(verdict)
-            return
+        call, work, adapter = prepared
         calls = ToolCallStream() if call.tools else None
         self.throughput.started()
         try:
-            async with self.slots.slot(work):
+            async with self.adapters.using(adapter), self.slots.slot(work):
                 in_slot = time.perf_counter()
-                async for text in self.engine.generate(call, tally, incremental=incremental):
+                async for text in self.engine.generate(call, tally, incremental=incremental, adapter=adapter):
                     for delta in _deltas(text, calls, tally):
                         yield delta
                 self.decode.finished(tally.completion_tokens, time.perf_counter() - in_slot)
@@ -166,6 +177,28 @@ class ModelServer:
         finally:
             self.throughput.finished(tally.prompt_tokens + tally.completion_tokens)
         yield self._result(tally, calls, started)
+
+    async def _prepare(
+        self, request: GenerationRequest
+    ) -> tuple[EngineCall, float, LoadedAdapter | None] | GenerationResult:
+        """The engine call, its expected work and its loaded adapter; or the refusal (contract too big for the
+        budget, queue too long, adapter that will not load)."""
+        try:
+            call = build_engine_call(request, request.specialist_spec)
+        except SchemaBudgetError as exc:
+            return self._failed("bad_request", str(exc))
+        work = self.decode.expected_tokens(call.sampling.get("max_tokens"))
+        verdict = self.admission(request, work)
+        if not verdict.admitted:
+            return self._refused(verdict)
+        spec = request.specialist_spec
+        if spec is None or spec.adapter is None:
+            return call, work, None
+        try:
+            return call, work, await self.adapters.load(spec.adapter)
+        except Exception as exc:  # files gone or unreadable since registration: the reason is logged
+            log.warning("model %s: adapter %s: %r", self.model_name, spec.adapter, exc)
+            return self._failed("internal", f"the adapter of specialist '{request.specialist}' could not be loaded")
 
     def _result(self, tally: GenerationTally, calls: ToolCallStream | None, started: float) -> GenerationResult:
         text, tool_calls = (tally.text, []) if calls is None else split_tool_calls(tally.text)
@@ -196,6 +229,28 @@ class ModelServer:
     def _failed(self, kind: ErrorKind, message: str) -> GenerationResult:
         log.warning("model %s: %s: %s", self.model_name, kind, message)
         return failure(self.model_name, kind, message)
+
+    async def probe_adapter(self, adapter: AdapterSpec) -> dict[str, Any]:
+        """Load ``adapter`` and measure how far it moves the model (:mod:`cluster.adapter_probe`):
+        ``{"divergence", "tokens", "load_s"}``, or ``{"error"}`` when it cannot be loaded."""
+        started = time.perf_counter()
+        try:
+            loaded = await self.adapters.load(adapter)
+        except Exception as exc:  # the engine refused the files (rank, shapes) or they are unreadable
+            log.warning("model %s: adapter %s refused: %r", self.model_name, adapter, exc)
+            return {"error": _engine_reason(exc)}
+        load_s = time.perf_counter() - started
+        if self.base_probe is None:
+            self.base_probe = await self._probe_logprobs(None)
+        async with self.adapters.using(loaded):
+            tuned = await self._probe_logprobs(loaded)
+        divergence = mean_divergence(self.base_probe, tuned)
+        return {"divergence": divergence, "tokens": len(tuned), "load_s": round(load_s, 3)}
+
+    async def _probe_logprobs(self, adapter: LoadedAdapter | None) -> list[float]:
+        """The probe texts' per-token log-probabilities, one prefill each, all in one batch."""
+        per_text = await asyncio.gather(*(self.engine.prompt_logprobs(text, adapter) for text in PROBE_TEXTS))
+        return [value for values in per_text for value in values]
 
     async def startup(self) -> dict[str, float]:
         """Where this replica's start-up went, in seconds (see :func:`startup_phases`)."""
@@ -231,6 +286,15 @@ class ModelServer:
         engine = getattr(self, "engine", None)
         if engine is not None:
             engine.shutdown()
+
+
+def _engine_reason(exc: Exception) -> str:
+    """The engine's own words for a refused adapter ("LoRA rank 32 is greater than max_lora_rank 16."), without
+    the wrapper text around them."""
+    text = str(exc)
+    if "error '" in text:
+        text = text.split("error '", 1)[1].split("', please", 1)[0]
+    return text[:300]
 
 
 def startup_phases(entered: float, imported: float, resolved: float, ready: float) -> dict[str, float]:

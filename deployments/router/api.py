@@ -18,10 +18,11 @@ from opentelemetry import trace
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cluster.cost import PriceBook, llm_reference_model
-from cluster.spec import FleetSpec
+from cluster.spec import FleetSpec, SpecialistSpec
 from deployments.pipeline.idempotency import IdempotentRuns
 from deployments.pipeline.routes import PIPELINE_PREFIX, add_pipeline_routes
 from deployments.pipeline.runner import PipelineRunner
+from deployments.router.adapter_routes import AdapterAdmin, add_adapter_routes
 from deployments.router.auth_gate import (
     CALLER_PRIORITY,
     CONCURRENCY_RETRY_AFTER_S,
@@ -59,12 +60,14 @@ def build_api(
     on_escalation: Callable[[str, str], None] | None = None,
     budget: EscalationBudget | None = None,
     idempotent: IdempotentRuns | None = None,
+    adapter_admin: AdapterAdmin | None = None,
 ) -> FastAPI:
     """The OpenAI-compatible app: chat completions, pipelines, model list, health; API keys enforced when given.
 
     ``prices`` is the router's live book (declared prices, or derived ones that follow measured throughput);
     ``on_escalation(name, reason)`` sees each chat call's escalation (the router's metrics count them);
-    ``budget`` caps capacity escalations to the LLM tier; ``idempotent`` keeps keyed pipeline runs to one each.
+    ``budget`` caps capacity escalations to the LLM tier; ``idempotent`` keeps keyed pipeline runs to one each;
+    ``adapter_admin`` backs the adapter registry's admin routes.
     """
     prices = prices or PriceBook.from_spec(spec)
     llm = llm_reference_model(spec)  # the counterfactual's model, fixed for the app's life
@@ -74,6 +77,8 @@ def build_api(
     app.middleware("http")(_trace_request)
     if runner is not None:
         add_pipeline_routes(app, runner, idempotent)
+    if adapter_admin is not None:
+        add_adapter_routes(app, adapter_admin)
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -134,15 +139,19 @@ def model_cards(spec: FleetSpec) -> list[dict[str, Any]]:
         _card(name, {"kind": "model", "tier": model.tier, "source": model.source})
         for name, model in spec.models.items()
     ]
-    cards += [
-        _card(name, {"kind": "specialist", "model": s.model, "description": s.description})
-        for name, s in spec.specialists.items()
-    ]
+    cards += [_card(name, _specialist_details(s)) for name, s in spec.specialists.items()]
     cards += [
         _card(f"{PIPELINE_PREFIX}{name}", {"kind": "pipeline", "description": p.description})
         for name, p in spec.pipelines.items()
     ]
     return cards
+
+
+def _specialist_details(specialist: SpecialistSpec) -> dict[str, Any]:
+    details: dict[str, Any] = {"kind": "specialist", "model": specialist.model, "description": specialist.description}
+    if specialist.adapter is not None:
+        details["adapter"] = {"source": specialist.adapter.source, "version": specialist.adapter.version}
+    return details
 
 
 def _card(name: str, details: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -24,7 +25,7 @@ from ray.serve.handle import DeploymentHandle
 from cluster.admission import DEFAULT_QUEUE_OBJECTIVE_S, model_objective_s, queue_budget, tighter
 from cluster.cost import PriceBook, llm_reference_model
 from cluster.render.common import model_deployment_name
-from cluster.spec import FleetSpec, SpecialistSpec, parse_spec
+from cluster.spec import AdapterSpec, FleetSpec, SpecialistSpec, parse_spec
 from deployments.fleet_state import STATE_PATH_ENV, FleetState
 from deployments.observability.metrics import FleetMetrics
 from deployments.observability.telemetry import configure_tracing, current_context_carrier
@@ -33,6 +34,8 @@ from deployments.pipeline.routes import CURRENT_PIPELINE
 from deployments.pipeline.runner import PipelineRunner
 from deployments.pipeline.tools import ToolRegistry
 from deployments.protocol import GenerationRequest, GenerationResult, StreamDelta, failure
+from deployments.router.adapter_registry import REFRESH_S, REGISTRY_NAMESPACE, with_registered
+from deployments.router.adapter_routes import PROBE_TIMEOUT_S, AdapterAdmin
 from deployments.router.api import build_api
 from deployments.router.auth_gate import CALLER_PRIORITY, AuthGate, gate_for
 from deployments.router.escalation_budget import EscalationBudget, budget_from_spec
@@ -170,6 +173,14 @@ class ServeBackend:
             self._wakes[model] = asyncio.create_task(self._wake(model))
         return True
 
+    async def probe_adapter(self, model: str, adapter: AdapterSpec) -> dict[str, Any]:
+        """One replica of ``model`` loads ``adapter`` and measures its effect (``{"error"}`` when it cannot)."""
+        try:
+            return await asyncio.wait_for(self.handles[model].probe_adapter.remote(adapter), PROBE_TIMEOUT_S)
+        except Exception as exc:  # no replica answered: Ray's text goes to the log
+            log.warning("probing an adapter on model %s failed: %r", model, exc)
+            return {"error": f"model '{model}' did not answer the probe ({type(exc).__name__})"}
+
     async def _serve_instance_details(self) -> dict[str, Any]:
         """Serve's own view of every app, deployment and replica, from its controller actor."""
         if self._controller is None:
@@ -235,8 +246,10 @@ class SwappableApp:
     Requests already in flight finish on the app they started with; new ones see the new spec at once.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, before: Callable[[], Awaitable[None]] | None = None) -> None:
+        """``before`` runs ahead of every HTTP request (the router refreshes its copy of the adapter registry)."""
         self.current: FastAPI | None = None
+        self.before = before
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":  # nothing to start or stop: the apps hold no resources of their own
@@ -244,6 +257,8 @@ class SwappableApp:
                 await send({"type": "lifespan.startup.complete"})
             await send({"type": "lifespan.shutdown.complete"})
             return
+        if self.before is not None and scope["type"] == "http":
+            await self.before()
         if self.current is None:
             raise RuntimeError("the router has no spec yet (its user_config was never applied)")
         await self.current(scope, receive, send)
@@ -253,7 +268,9 @@ class SwappableApp:
 class RouterState:
     """Everything the routes use, built from one spec: swapped whole, never edited in place."""
 
-    spec: FleetSpec
+    spec: FleetSpec  # what the router serves: its user_config's spec plus the registered adapter specialists
+    base_spec: FleetSpec  # the user_config's spec alone
+    set_aside: dict[str, str]  # registered adapter specialists that no longer fit the spec, with the reason
     prices: PriceBook
     backend: ServeBackend
     runner: PipelineRunner
@@ -261,10 +278,19 @@ class RouterState:
     budget: EscalationBudget
 
 
-def router_state(config: dict[str, Any], metrics: FleetMetrics, shared: FleetState | None = None) -> RouterState:
-    """The router's state from its ``user_config`` (``{spec, replica_per_hour}``); a bad spec raises SpecError.
-    ``shared`` is the fleet's shared store, where the LLM tier's budget is counted."""
-    spec = parse_spec(config.get("spec"), "<router user_config: spec>")
+def router_state(
+    config: dict[str, Any],
+    metrics: FleetMetrics,
+    shared: FleetState | None = None,
+    registered: dict[str, Any] | None = None,
+) -> RouterState:
+    """The router's state from its ``user_config`` (``{spec, replica_per_hour}``) and the adapter registry's
+    entries; a bad spec raises SpecError. ``shared`` is the fleet's shared store, where the LLM tier's budget is
+    counted."""
+    base_spec = parse_spec(config.get("spec"), "<router user_config: spec>")
+    spec, set_aside = with_registered(base_spec, registered or {})
+    for name, reason in set_aside.items():
+        log.warning("registered adapter specialist %s set aside: %s", name, reason)
     hourly = {name: float(price) for name, price in (config.get("replica_per_hour") or {}).items()}
     prices = PriceBook.from_spec(spec, replica_per_hour=hourly)
     metrics.prices, metrics.llm_model = prices, llm_reference_model(spec)
@@ -288,7 +314,7 @@ def router_state(config: dict[str, Any], metrics: FleetMetrics, shared: FleetSta
         consume=shared.consume if shared is not None else None,
         leases=(shared.acquire, shared.release) if shared is not None else None,
     )
-    return RouterState(spec, prices, backend, runner, gate, budget)
+    return RouterState(spec, base_spec, set_aside, prices, backend, runner, gate, budget)
 
 
 @serve.ingress()
@@ -298,15 +324,22 @@ class Router:
 
     def __init__(self) -> None:
         configure_tracing("slmfleet-router")
-        self.swappable = SwappableApp()  # not `app`: the ingress wrapper owns that name
+        self.swappable = SwappableApp(self._refresh_registry)  # not `app`: the ingress wrapper owns that name
         self.metrics = FleetMetrics(PriceBook({}), None)  # one set of counters for the replica's life
         # the fleet's one shared store (created by the first replica): what every router replica must agree on
         self.shared_state = FleetState.connect(os.environ.get(STATE_PATH_ENV), timeout_s=SHARED_STATE_TIMEOUT_S)
         self.state: RouterState | None = None
+        self.config: dict[str, Any] = {}
+        self.registered: dict[str, Any] = {}
+        self.registry_read_at = float("-inf")
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Called by Serve at start and whenever the deployment's user_config changes."""
-        state = router_state(config, self.metrics, self.shared_state)
+        self._rebuild(config, self.registered)
+
+    def _rebuild(self, config: dict[str, Any], registered: dict[str, Any]) -> None:
+        """A new state and app from a spec and the registry's entries; requests in flight keep the old ones."""
+        state = router_state(config, self.metrics, self.shared_state, registered)
         self.swappable.current = build_api(
             state.spec,
             state.backend,
@@ -316,9 +349,42 @@ class Router:
             on_escalation=self.metrics.record_chat_escalation,
             budget=state.budget,
             idempotent=IdempotentRuns(self.shared_state, state.spec.server.idempotency_ttl_s),
+            adapter_admin=self._adapter_admin(state),
         )
-        self.state = state
+        self.state, self.config, self.registered = state, config, registered
         log.info("router reconfigured: %d models, %d specialists, %d pipelines", *_sizes(state.spec))
+
+    async def _refresh_registry(self, force: bool = False) -> None:
+        """Re-read the adapter registry when this replica's copy is older than REFRESH_S (one store call a second
+        at most); a changed registry rebuilds the app. An unreachable store keeps the current copy."""
+        now = time.monotonic()
+        if not force and now - self.registry_read_at < REFRESH_S:
+            return
+        self.registry_read_at = now
+        try:
+            entries = await self.shared_state.items(REGISTRY_NAMESPACE)
+        except Exception as exc:
+            log.warning("adapter registry unreachable, serving the last copy: %r", exc)
+            return
+        if entries != self.registered and self.config:
+            self._rebuild(self.config, entries)
+
+    def _adapter_admin(self, state: RouterState) -> AdapterAdmin:
+        shared = self.shared_state
+
+        async def put(name: str, entry: dict[str, Any]) -> None:
+            await shared.put(REGISTRY_NAMESPACE, name, entry)
+
+        return AdapterAdmin(
+            base_spec=lambda: state.base_spec,
+            served_spec=lambda: state.spec,
+            set_aside=lambda: state.set_aside,
+            entries=lambda: shared.items(REGISTRY_NAMESPACE),
+            put=put,
+            delete=lambda name: shared.delete(REGISTRY_NAMESPACE, name),
+            probe=state.backend.probe_adapter,
+            refresh=lambda: self._refresh_registry(force=True),
+        )
 
     def __serve_build_asgi_app__(self) -> SwappableApp:
         return self.swappable

@@ -138,7 +138,7 @@ def test_model_apps_carry_only_their_engines_settings_and_the_plans_engine_argum
     for model in spec.models:
         args = apps[f"model-{model}"]["args"]
         assert args["model"] == model
-        assert set(args["spec"]) <= ENGINE_FIELDS and "source" in args["spec"]
+        assert set(args["spec"]) <= set(ENGINE_FIELDS) and "source" in args["spec"]
         engine_view = ModelSpec.model_validate(args["spec"])
         for field in ENGINE_FIELDS:
             assert getattr(engine_view, field) == getattr(spec.models[model], field)
@@ -522,3 +522,18 @@ def test_only_a_local_fleets_ray_is_loopback_only_and_its_drivers_join_in_the_sa
         driver_environ(address, environ)
         assert environ["RAY_AUTH_MODE"] == "token"
         assert (environ.items() >= LOOPBACK_ONLY_ENV.items()) is loopback, address
+
+
+def test_lora_capacity_is_an_engine_argument_and_the_probe_threshold_is_not(production) -> None:
+    """Slots and rank size the engine (a change restarts it); the probe threshold is the router's alone."""
+    spec, plan = production
+    raw = yaml.safe_load((REPO / PRODUCTION).read_text())
+    name = "qwen2-5-0-5b"
+    args = serve_apps(spec, plan)[f"model-{name}"]["args"]["spec"]
+    assert args["lora"] == {"max_loras": 8, "max_lora_rank": 16, "max_cpu_loras": 32}
+    raw["models"][name]["lora"]["probe_min_divergence"] = 0.5
+    edited = parse_spec(raw)
+    assert serve_apps(edited, plan)[f"model-{name}"]["args"] == serve_apps(spec, plan)[f"model-{name}"]["args"]
+    raw["models"][name]["lora"]["max_loras"] = 2
+    resized = parse_spec(raw)
+    assert serve_apps(resized, plan)[f"model-{name}"]["args"]["spec"]["lora"]["max_loras"] == 2
