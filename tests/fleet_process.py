@@ -35,12 +35,12 @@ class Fleet:
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
-    def replica_process(self, deployment: str) -> psutil.Process:
+    def replica_process(self, deployment: str, app: str | None = None) -> psutil.Process:
         """The Serve replica process of ``deployment`` among the fleet's descendants (Ray titles it
         ``ray::ServeReplica:<app>:<deployment>``; each model is its own app of the same name)."""
         for proc in psutil.Process(self.proc.pid).children(recursive=True):
             try:
-                if f"ServeReplica:{deployment}:{deployment}" in " ".join(proc.cmdline()):
+                if f"ServeReplica:{app or deployment}:{deployment}" in " ".join(proc.cmdline()):
                     return proc
             except psutil.NoSuchProcess:
                 continue

@@ -174,17 +174,21 @@ class ChatEngine:
     async def remove_adapter(self, adapter: LoadedAdapter) -> None:
         await self.engine.remove_lora(adapter.int_id)
 
-    async def prompt_logprobs(self, text: str, adapter: LoadedAdapter | None = None) -> list[float]:
-        """The log-probability of each token of ``text`` after the ones before it (one prefill, one token out)."""
-        ids = list(self.tokenizer.encode(text, add_special_tokens=False))
-        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+    def token_ids(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    async def next_token_logprobs(
+        self, ids: list[int], adapter: LoadedAdapter | None = None, top_k: int = 20
+    ) -> dict[int, float]:
+        """The ``top_k`` likeliest next tokens after ``ids`` and their log-probabilities (one prefill, one token)."""
+        params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=top_k)
         final = None
         async for output in self.engine.generate(
             {"prompt_token_ids": ids}, params, request_id=uuid.uuid4().hex, lora_request=_lora(adapter)
         ):
             final = output
-        positions = (final.prompt_logprobs or []) if final is not None else []
-        return [float(p[t].logprob) for t, p in zip(ids, positions, strict=False) if p and t in p]
+        positions = final.outputs[0].logprobs if final is not None else None
+        return {token: float(entry.logprob) for token, entry in (positions[0] if positions else {}).items()}
 
     async def check_health(self) -> None:
         await self.engine.check_health()

@@ -18,7 +18,7 @@ import ray
 from opentelemetry import trace
 
 from cluster.adapter_files import check_adapter_folder
-from cluster.adapter_probe import PROBE_TEXTS, mean_divergence
+from cluster.adapter_probe import PROBE_TEXTS, PROBE_TOP_K, mean_divergence, probe_prefixes
 from cluster.admission import Admission, decide_admission, model_objective_s, queue_budget
 from cluster.autoscaling_policy import OBJECTIVE_METRIC, WAIT_METRIC
 from cluster.memory import read_model_config
@@ -69,7 +69,7 @@ class ModelServer:
         self.adapters = AdapterLoader(
             self.engine, capacity, lambda folder: check_adapter_folder(folder, model, base_config)
         )
-        self.base_probe: list[float] | None = None  # the base model's probe log-probabilities, measured once
+        self.base_probe: list[dict[int, float]] | None = None  # the base model's probe answers, measured once
         self.startup_s = startup_phases(entered, imported, resolved, time.time())
         log.info("model %s started: %s", model_name, self.startup_s)
 
@@ -232,7 +232,7 @@ class ModelServer:
 
     async def probe_adapter(self, adapter: AdapterSpec) -> dict[str, Any]:
         """Load ``adapter`` and measure how far it moves the model (:mod:`cluster.adapter_probe`):
-        ``{"divergence", "tokens", "load_s"}``, or ``{"error"}`` when it cannot be loaded."""
+        ``{"divergence", "positions", "load_s"}``, or ``{"error"}`` when it cannot be loaded."""
         started = time.perf_counter()
         try:
             loaded = await self.adapters.load(adapter)
@@ -245,12 +245,14 @@ class ModelServer:
         async with self.adapters.using(loaded):
             tuned = await self._probe_logprobs(loaded)
         divergence = mean_divergence(self.base_probe, tuned)
-        return {"divergence": divergence, "tokens": len(tuned), "load_s": round(load_s, 3)}
+        return {"divergence": divergence, "positions": len(tuned), "load_s": round(load_s, 3)}
 
-    async def _probe_logprobs(self, adapter: LoadedAdapter | None) -> list[float]:
-        """The probe texts' per-token log-probabilities, one prefill each, all in one batch."""
-        per_text = await asyncio.gather(*(self.engine.prompt_logprobs(text, adapter) for text in PROBE_TEXTS))
-        return [value for values in per_text for value in values]
+    async def _probe_logprobs(self, adapter: LoadedAdapter | None) -> list[dict[int, float]]:
+        """The next-token log-probabilities after every probe prefix, one prefill each, all in one batch."""
+        prefixes = [cut for text in PROBE_TEXTS for cut in probe_prefixes(self.engine.token_ids(text))]
+        return list(
+            await asyncio.gather(*(self.engine.next_token_logprobs(ids, adapter, PROBE_TOP_K) for ids in prefixes))
+        )
 
     async def startup(self) -> dict[str, float]:
         """Where this replica's start-up went, in seconds (see :func:`startup_phases`)."""

@@ -11,17 +11,29 @@ import pytest
 import yaml
 from openai import OpenAI
 
+from tests.adapters import make_adapter
 from tests.e2e.tool_gate import ToolGate
 from tests.fleet_process import ROOT, Fleet, start_fleet, stop
 
+RANDOM_ADAPTERS = ("tuned-a", "tuned-b", "late", "survivor")
 
-def e2e_spec(path: Path, gate_url: str) -> Path:
+
+def e2e_spec(path: Path, gate_url: str, adapters: dict[str, Path]) -> Path:
     """The default fleet plus test pipelines: the demo forced to escalate, the demo with a short step timeout,
     a lookup of a given order, and a parallel fan-out (two specialists at once, then a reply reading both); a
     specialist whose every chat call escalates; a scale-to-zero model, ``cold`` (SmolLM2 again, starting at
     zero replicas, back to zero after 10 idle seconds), with ``extract-cold``, the extract specialist on it; and
-    ``gated-failover``, classify and reply on smol with a test-controlled tool step (``gate``) between them."""
+    ``gated-failover``, classify and reply on smol with a test-controlled tool step (``gate``) between them. smol
+    has LoRA slots, and ``tuned-a``/``tuned-b`` are adapter specialists on it (``adapters`` made by peft)."""
     spec = yaml.safe_load((ROOT / "fleet.yaml").read_text())
+    # 4 slots: at max_loras 2, two adapters and the base batched together changed answers (vLLM 0.32 CPU, measured)
+    spec["models"]["smol"]["lora"] = {"max_loras": 4, "max_lora_rank": 8, "max_cpu_loras": 4}
+    for name in ("tuned-a", "tuned-b"):
+        spec["specialists"][name] = {
+            "model": "smol",
+            "adapter": {"source": str(adapters[name])},
+            "sampling": {"temperature": 0.0, "max_tokens": 16},
+        }
     demo = copy.deepcopy(spec["pipelines"]["support-triage"])
     demo["escalation"]["min_confidence"] = 1.0  # no answer is that sure: every model step escalates
     spec["pipelines"]["triage-always-escalate"] = demo
@@ -74,9 +86,19 @@ def gate() -> Iterator[ToolGate]:
 
 
 @pytest.fixture(scope="package")
-def fleet(tmp_path_factory, gate: ToolGate) -> Iterator[Fleet]:
+def adapters(tmp_path_factory) -> dict[str, Path]:
+    """LoRA adapters on the bundled model, made by peft (about a second each): two in the spec, two registered at
+    runtime by the tests, and one with peft's do-nothing init (the probe must refuse it)."""
+    folder = tmp_path_factory.mktemp("adapters")
+    made = {name: make_adapter(folder / name, seed=seed) for seed, name in enumerate(RANDOM_ADAPTERS, start=1)}
+    made["untrained"] = make_adapter(folder / "untrained", seed=0, trained_init=True)
+    return made
+
+
+@pytest.fixture(scope="package")
+def fleet(tmp_path_factory, gate: ToolGate, adapters: dict[str, Path]) -> Iterator[Fleet]:
     work = tmp_path_factory.mktemp("fleet")
-    running = start_fleet(work, e2e_spec(work / "fleet.yaml", gate.url))
+    running = start_fleet(work, e2e_spec(work / "fleet.yaml", gate.url, adapters))
     try:
         yield running
     finally:

@@ -35,7 +35,8 @@ print(json.dumps({
 """
 
 
-# A runtime registration, as the LoRA registry will make them: in the fleet's state actor, not in the spec.
+# A runtime registration written straight into the registry's namespace of the state actor (the admin route probes
+# the adapter first: tests/e2e/test_adapters.py), in the entry's own shape; not in the spec.
 REGISTER_ADAPTER = r"""
 import json, sys
 import ray
@@ -44,7 +45,9 @@ from deployments.fleet_state import STATE_ACTOR_NAME, STATE_NAMESPACE, read_runt
 ray.init(address=sys.argv[1], logging_level="ERROR")
 if sys.argv[2] == "put":
     state = ray.get_actor(STATE_ACTOR_NAME, namespace=STATE_NAMESPACE)
-    ray.get(state.put.remote("adapters", "intent-v2", {"description": "LoRA intent-v2 on smol"}))
+    entry = {"specialist": {"model": "smol", "adapter": {"source": "/adapters/intent-v2"}},
+             "description": "LoRA intent-v2 on smol"}
+    ray.get(state.put.remote("adapters", "intent-v2", entry))
 print(json.dumps(read_runtime_state()))
 """
 
@@ -68,9 +71,9 @@ def replica_ids(address):
     return json.loads(run([sys.executable, "-c", REPLICA_IDS, address]).strip().splitlines()[-1])
 
 
-def edited_spec(path, gate_url):
+def edited_spec(path, gate_url, adapters):
     """The fleet's own spec plus a new specialist, a new price and a larger queue bound on smol."""
-    data = yaml.safe_load(e2e_spec(path, gate_url).read_text())
+    data = yaml.safe_load(e2e_spec(path, gate_url, adapters).read_text())
     data["specialists"]["yes-no"] = {
         "model": "smol",
         "instructions": "Answer the question with yes or no.",
@@ -83,14 +86,14 @@ def edited_spec(path, gate_url):
     return path
 
 
-def test_a_specialist_price_and_queue_bound_apply_live_with_no_replica_restart(fleet, gate, tmp_path):
+def test_a_specialist_price_and_queue_bound_apply_live_with_no_replica_restart(fleet, gate, adapters, tmp_path):
     in_flight = {}
 
     def long_call():
         body = {"model": "smol", "messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 96}
         in_flight["response"] = httpx.post(f"{fleet.url}/v1/chat/completions", json=body, timeout=300)
 
-    address, spec = fleet.ray_address(), str(edited_spec(tmp_path / "edited.yaml", gate.url))
+    address, spec = fleet.ray_address(), str(edited_spec(tmp_path / "edited.yaml", gate.url, adapters))
     before = replica_ids(address)
     diff = cli("diff", spec, "--address", address)
     assert "0 app(s) restart replicas" in diff and "! restart" not in diff, diff  # every change is live
@@ -168,15 +171,15 @@ def write_spec(path, data):
     return path
 
 
-def test_each_kind_of_change_restarts_exactly_where_diff_says_and_loses_no_request(fleet, gate, tmp_path):
+def test_each_kind_of_change_restarts_exactly_where_diff_says_and_loses_no_request(fleet, gate, adapters, tmp_path):
     """One apply with an engine change (smol restarts), bound and objective edits (live), a router edit (live) and
     a new model (added at zero replicas); then one that removes it. Traffic to smol and big runs throughout."""
     address = fleet.ray_address()
-    edited = every_kind_of_change(yaml.safe_load(e2e_spec(tmp_path / "base.yaml", gate.url).read_text()))
+    edited = every_kind_of_change(yaml.safe_load(e2e_spec(tmp_path / "base.yaml", gate.url, adapters).read_text()))
     with_spare = write_spec(tmp_path / "with-spare.yaml", edited)
 
     registered = runtime_state(address, "put")
-    assert registered["adapters"] == {"intent-v2": {"description": "LoRA intent-v2 on smol"}}
+    assert registered["adapters"]["intent-v2"]["description"] == "LoRA intent-v2 on smol"
 
     diff = diff_json(with_spare, address)
     kept = [(c["field"], c["after"]) for c in diff["changes"] if c["effect"] == "keep"]

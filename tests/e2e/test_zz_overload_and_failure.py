@@ -84,7 +84,13 @@ def wait_for_health(fleet, want_status, within_s, smol_up):
     pytest.fail(f"/healthz never answered {want_status} with smol up={smol_up} within {within_s} s")
 
 
-def test_dead_engine_is_reported_steps_escalate_and_the_replica_is_replaced(fleet, client):
+def test_dead_engine_is_reported_steps_escalate_and_the_replica_is_replaced(fleet, client, adapters):
+    """...and the replacement serves an adapter registered at runtime (it never loaded it), without a new
+    registration: the request carries the registry's adapter, and the replica loads it on first use."""
+    admin = httpx.Client(base_url=fleet.url, timeout=300)
+    body = {"model": "smol", "adapter": {"source": str(adapters["survivor"])}}
+    assert admin.put("/admin/adapters/survivor", json=body).status_code == 201
+    survivor_said = ask_survivor(client)
     old_replica = fleet.replica_process("model-smol")
     engine_core_of(old_replica).kill()
 
@@ -106,6 +112,15 @@ def test_dead_engine_is_reported_steps_escalate_and_the_replica_is_replaced(flee
         model="smol", messages=[{"role": "user", "content": "What is the capital of France?"}], max_tokens=16
     )
     assert "Paris" in reply.choices[0].message.content
+    assert ask_survivor(client) == survivor_said
+    assert admin.delete("/admin/adapters/survivor").status_code == 200
+
+
+def ask_survivor(client) -> str:
+    reply = client.chat.completions.create(
+        model="survivor", messages=[{"role": "user", "content": "Name three colours."}], max_tokens=12
+    )
+    return reply.choices[0].message.content
 
 
 # A driver attached to the fleet's Ray (local clusters require Ray's auth token, which ray.init wrote to

@@ -7,7 +7,13 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from cluster.adapter_probe import mean_divergence, probe_refusal
+from cluster.adapter_probe import (
+    DISJOINT_DIVERGENCE,
+    mean_divergence,
+    position_divergence,
+    probe_prefixes,
+    probe_refusal,
+)
 from cluster.spec import AdapterSpec, FleetSpec, parse_spec
 from deployments.router.adapter_registry import registry_entry, with_registered
 from deployments.router.adapter_routes import AdapterAdmin
@@ -59,9 +65,15 @@ def test_an_entry_round_trips_and_describes_itself_for_diff() -> None:
 
 
 def test_probe_divergence_and_refusal() -> None:
-    assert mean_divergence([-1.0, -2.0], [-1.5, -1.0]) == pytest.approx(0.75)
+    same = {1: -0.1, 2: -2.5}
+    assert mean_divergence([same, same], [same, same]) == 0.0  # a do-nothing adapter
+    moved = {1: -0.6, 3: -1.0}  # token 1 moved by 0.5, token 2 left the top-k, token 3 entered it
+    assert mean_divergence([same, same], [same, moved]) == pytest.approx(0.25)
+    assert position_divergence(same, {7: -0.1}) == DISJOINT_DIVERGENCE
+    assert probe_prefixes(list(range(9))) == [[0, 1, 2], list(range(6)), list(range(9))]
+    assert probe_prefixes([5]) == [[5]]
     with pytest.raises(ValueError, match="differ"):
-        mean_divergence([-1.0], [])
+        mean_divergence([same], [])
     assert probe_refusal(0.02, 0.01) is None
     assert "does not change the model's output" in (probe_refusal(0.0, 0.01) or "")
 
@@ -114,7 +126,7 @@ BODY = {"model": "smol", "adapter": {"source": "/adapters/tuned", "version": "2"
 
 
 def test_register_probes_stores_and_serves_then_update_and_remove() -> None:
-    fake = FakeAdmin({"divergence": 0.4, "tokens": 64, "load_s": 0.01})
+    fake = FakeAdmin({"divergence": 0.4, "positions": 12, "load_s": 0.01})
     http = client(fake)
     created = http.put("/admin/adapters/tuned", json=BODY)
     assert created.status_code == 201, created.text
@@ -134,7 +146,7 @@ def test_register_probes_stores_and_serves_then_update_and_remove() -> None:
 @pytest.mark.parametrize(
     ("probe", "words"),
     [
-        ({"divergence": 0.0, "tokens": 64}, "does not change the model's output"),
+        ({"divergence": 0.0, "positions": 12}, "does not change the model's output"),
         ({"error": "LoRA rank 32 is greater than max_lora_rank 16."}, "rank 32 is greater"),
     ],
 )
@@ -158,14 +170,14 @@ def test_an_adapter_the_probe_refuses_is_422_and_not_stored(probe: dict[str, Any
     ],
 )
 def test_registrations_that_cannot_fit_are_4xx_before_any_probe(name: str, body: dict, status: int, words: str) -> None:
-    fake = FakeAdmin({"divergence": 1.0, "tokens": 1})
+    fake = FakeAdmin({"divergence": 1.0, "positions": 1})
     answer = client(fake).put(f"/admin/adapters/{name}", json=body)
     assert answer.status_code == status, answer.text
     assert words in answer.text and fake.probed == [] and fake.store == {}
 
 
 def test_admin_routes_need_an_admin_key() -> None:
-    fake = FakeAdmin({"divergence": 1.0, "tokens": 1})
+    fake = FakeAdmin({"divergence": 1.0, "positions": 1})
     http = client(fake, keys="app=serving-key,ops:admin=admin-key")
     assert http.get("/admin/adapters").status_code == 401
     refused = http.put("/admin/adapters/tuned", json=BODY, headers={"Authorization": "Bearer serving-key"})
