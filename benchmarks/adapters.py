@@ -1,0 +1,133 @@
+"""LoRA adapter specialists: hot-load time, throughput with 1, 4 and 16 adapters interleaved, memory per adapter.
+
+Run by hand: ``.venv/bin/python -m benchmarks.adapters [--seconds 20] [--concurrency 8] [--adapters 16]``.
+One fleet, two deployments of the bundled SmolLM2 side by side: ``plain`` (no LoRA) and ``tuned`` (16 LoRA slots
+of rank 8, 32 cached). Adapters are made by peft (random weights, rank 8 on q/v, about 1.8 MB each) and registered
+at runtime through the admin route, so every figure is of the serving path a user gets:
+
+- hot-load: from ``PUT /admin/adapters/<name>`` (which loads and probes the adapter on a replica) to the first
+  answer of that specialist, p50/p99 over the adapters; no replica starts (the engine's pid is checked);
+- throughput: closed loop at ``--concurrency`` for ``--seconds`` per case, output tokens/s, for the base model on
+  ``plain``, the base model on ``tuned`` (what enabling LoRA costs), and 1, 4 and 16 adapters round-robin on
+  ``tuned``; ratios against base-only on ``tuned``, measured in this one run;
+- memory: resident memory of the ``tuned`` replica's process tree before the first adapter and after all are
+  loaded, divided by the adapter count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import yaml
+
+from benchmarks.common import PROMPTS, ROOT, percentile, running_fleet
+from tests.adapters import make_adapter
+
+MAX_TOKENS = 32
+
+
+def bench_spec(path: Path) -> Path:
+    smol = yaml.safe_load((ROOT / "fleet.yaml").read_text())["models"]["smol"]
+    tuned = {**smol, "lora": {"max_loras": 16, "max_lora_rank": 8, "max_cpu_loras": 32}}
+    path.write_text(yaml.safe_dump({"models": {"plain": smol, "tuned": tuned}}, sort_keys=False))
+    return path
+
+
+def replica_tree(deployment: str) -> list[psutil.Process]:
+    for proc in psutil.process_iter(["cmdline"]):
+        if f"ServeReplica:{deployment}:{deployment}" in " ".join(proc.info["cmdline"] or []):
+            return [proc, *proc.children(recursive=True)]
+    raise SystemExit(f"no replica process of {deployment}")
+
+
+def rss_gib(deployment: str) -> float:
+    return sum(p.memory_info().rss for p in replica_tree(deployment)) / 1024**3
+
+
+async def chat(http: httpx.AsyncClient, model: str, prompt: str) -> int:
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": MAX_TOKENS}
+    answer = await http.post("/v1/chat/completions", json=body)
+    answer.raise_for_status()
+    return answer.json()["usage"]["completion_tokens"]
+
+
+async def hot_load(url: str, folders: list[Path]) -> list[float]:
+    """Seconds from each registration call to the first answer of its specialist."""
+    times = []
+    async with httpx.AsyncClient(base_url=url, timeout=300) as http:
+        for index, folder in enumerate(folders):
+            started = time.perf_counter()
+            put = await http.put(
+                f"/admin/adapters/a{index}", json={"model": "tuned", "adapter": {"source": str(folder)}}
+            )
+            put.raise_for_status()
+            await chat(http, f"a{index}", PROMPTS[0])
+            times.append(time.perf_counter() - started)
+    return times
+
+
+async def throughput(url: str, models: list[str], concurrency: int, seconds: float) -> float:
+    """Output tokens/s of a closed loop whose requests go round-robin over ``models``."""
+    tokens = 0
+    stop_at = time.monotonic() + seconds
+
+    async def client(worker: int, http: httpx.AsyncClient) -> None:
+        nonlocal tokens
+        turn = worker
+        while time.monotonic() < stop_at:
+            tokens += await chat(http, models[turn % len(models)], PROMPTS[turn % len(PROMPTS)])
+            turn += concurrency
+
+    started = time.monotonic()
+    async with httpx.AsyncClient(base_url=url, timeout=300) as http:
+        await asyncio.gather(*(client(w, http) for w in range(concurrency)))
+    return tokens / (time.monotonic() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--adapters", type=int, default=16)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="slmfleet-adapters-"))
+    folders = [make_adapter(work / f"a{i}", seed=i + 1) for i in range(args.adapters)]
+    with running_fleet(work=work, spec=bench_spec(work / "fleet.yaml")) as url:
+        asyncio.run(throughput(url, ["plain", "tuned"], 4, 5))  # warm both engines
+        engine_pid, before = replica_tree("model-tuned")[0].pid, rss_gib("model-tuned")
+        loads = asyncio.run(hot_load(url, folders))
+        after = rss_gib("model-tuned")
+        assert replica_tree("model-tuned")[0].pid == engine_pid, "a replica restarted during hot-load"
+        print(
+            f"hot-load ({len(loads)} adapters, registration to first answer): p50 {statistics.median(loads):.2f} s, "
+            f"p99 {percentile(loads, 99):.2f} s, max {max(loads):.2f} s; no replica started"
+        )
+        print(
+            f"memory: tuned replica {before:.2f} GiB before, {after:.2f} GiB with {len(folders)} adapters loaded: "
+            f"{(after - before) * 1024 / len(folders):.1f} MiB per adapter (files: "
+            f"{sum(f.stat().st_size for f in folders[0].iterdir()) / 1024**2:.1f} MiB)"
+        )
+        cases = {
+            "base on plain": ["plain"],
+            "base on tuned": ["tuned"],
+            "1 adapter": ["a0"],
+            "4 adapters": [f"a{i}" for i in range(min(4, len(folders)))],
+            f"{len(folders)} adapters": [f"a{i}" for i in range(len(folders))],
+        }
+        rates = {
+            name: asyncio.run(throughput(url, models, args.concurrency, args.seconds)) for name, models in cases.items()
+        }
+    reference = rates["base on tuned"]
+    for name, rate in rates.items():
+        print(f"{name:>14}: {rate:7.1f} output tokens/s  ({rate / reference:.2f}x base on tuned)")
+
+
+if __name__ == "__main__":
+    main()

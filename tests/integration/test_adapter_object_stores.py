@@ -1,0 +1,88 @@
+"""Adapters from object storage: a replica's fetch of ``s3://`` and ``gs://`` sources, against local servers from
+PyPI started here (moto's S3 server, gcp-storage-emulator), with the clients a replica uses (boto3,
+google-cloud-storage) pointed at them by their usual environment variables."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cluster.adapter_files import AdapterFileError
+from cluster.spec import AdapterSpec
+from deployments.model.adapters import fetch_adapter
+from tests.ports import free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+BIN = Path(sys.executable).parent
+FILES = {"adapter_config.json": b'{"peft_type": "LORA", "r": 8}', "adapter_model.safetensors": b"weights" * 1000}
+
+
+def serving(command: list[str], url: str) -> Iterator[str]:
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(url, timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        else:
+            pytest.fail(f"{command[0]} did not start")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture
+def s3(monkeypatch) -> Iterator[str]:
+    port = free_port()
+    for key, value in {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    yield from serving([str(BIN / "moto_server"), "-p", str(port)], f"http://127.0.0.1:{port}")
+
+
+@pytest.fixture
+def gcs(monkeypatch) -> Iterator[str]:
+    port = free_port()
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+    command = [str(BIN / "gcp-storage-emulator"), "start", "--port", str(port), "--in-memory", "-q"]
+    yield from serving(command, f"http://127.0.0.1:{port}")
+
+
+def test_an_s3_adapter_is_downloaded_whole_and_a_missing_prefix_is_a_clear_error(s3, tmp_path: Path) -> None:
+    import boto3
+
+    client = boto3.client("s3")
+    client.create_bucket(Bucket="adapters")
+    for name, data in FILES.items():
+        client.put_object(Bucket="adapters", Key=f"intent/v3/{name}", Body=data)
+    client.put_object(Bucket="adapters", Key="intent/v30/adapter_config.json", Body=b"{}")  # a sibling prefix
+    folder = fetch_adapter(AdapterSpec(source="s3://adapters/intent/v3", version="3"), tmp_path)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == FILES
+    with pytest.raises(AdapterFileError, match="no objects under s3://adapters/intent/v4"):
+        fetch_adapter(AdapterSpec(source="s3://adapters/intent/v4"), tmp_path)
+
+
+def test_a_gcs_adapter_is_downloaded_whole(gcs, tmp_path: Path) -> None:
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    client = storage.Client(project="test", credentials=AnonymousCredentials())
+    bucket = client.create_bucket("adapters")
+    for name, data in FILES.items():
+        bucket.blob(f"intent/{name}").upload_from_string(data)
+    folder = fetch_adapter(AdapterSpec(source="gs://adapters/intent"), tmp_path)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == FILES
