@@ -19,6 +19,9 @@ POOL_RESOURCE_PREFIX = "slmfleet-pool-"
 POOL_RESOURCE_AMOUNT = 10_000  # a node may host up to this many replicas; GPUs are the real limit
 REPLICA_POOL_UNITS = 1
 REPLICA_NUM_CPUS = 1
+# The request router of models with LoRA slots: power of two choices with adapter affinity (a string, so cluster/
+# never imports deployments/; tests check it names the class)
+ADAPTER_ROUTER_CLASS = "deployments.model.adapter_router:AdapterAffinityRouter"
 
 
 def pool_resource(pool_name: str) -> str:
@@ -50,6 +53,8 @@ def deployment_options(plan: Plan, spec: FleetSpec, model_name: str) -> dict[str
         "max_queued_requests": model.max_queued_requests,
         "user_config": model_user_config(model),
     }
+    if model.lora is not None:
+        options["request_router_config"] = {"request_router_class": ADAPTER_ROUTER_CLASS}
     pool_res = {} if placement.pool not in spec.pools else {pool_resource(placement.pool): REPLICA_POOL_UNITS}
     if pool_res:
         options["ray_actor_options"]["resources"] = dict(pool_res)

@@ -47,6 +47,7 @@ _DEPLOYMENT_KEYS = (
     "autoscaling_config",
     "max_ongoing_requests",
     "max_queued_requests",
+    "request_router_config",
     "user_config",
     "health_check_period_s",
     "health_check_timeout_s",

@@ -187,11 +187,13 @@ class AdapterLoader:
         capacity: int,
         check: Callable[[Path], None] | None = None,
         home: Path | None = None,
+        on_change: Callable[[list[str]], None] | None = None,
     ) -> None:
         """``check(folder)`` raises AdapterFileError for files that do not fit the model: vLLM 0.32 loads an
         adapter shaped for another base without a word (measured: hidden size 64 on a 576-wide model)."""
         self.engine = engine
         self.check = check
+        self.on_change = on_change  # told the held adapters' keys after each load and unload (Serve's routing)
         self.slots = AdapterSlots(capacity)
         self.home = home
         self.known: dict[int, LoadedAdapter] = {}
@@ -211,6 +213,7 @@ class AdapterLoader:
             await self.engine.add_adapter(loaded)
             self.known[loaded.int_id] = loaded
             self.slots.add(loaded.int_id)
+            self._changed()
             log.info("adapter %s (%s@%s) loaded", key, adapter.source, adapter.version)
         return loaded
 
@@ -228,10 +231,21 @@ class AdapterLoader:
             await self._unload_surplus()
 
     async def _unload_surplus(self) -> None:
-        for int_id in self.slots.surplus():
+        surplus = self.slots.surplus()
+        for int_id in surplus:
             self.slots.forget(int_id)
             gone = self.known.pop(int_id)
             await _quietly(self.engine.remove_adapter(gone), f"unloading adapter {gone.name}")
+        if surplus:
+            self._changed()
+
+    def held(self) -> list[str]:
+        """Keys of the adapters the engine holds."""
+        return sorted(self.known[i].name for i in self.slots.in_use)
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change(self.held())
 
 
 async def _quietly(call: Awaitable[None], what: str) -> None:

@@ -24,6 +24,7 @@ from cluster.autoscaling_policy import OBJECTIVE_METRIC, WAIT_METRIC
 from cluster.memory import read_model_config
 from cluster.model_store import resolve_source
 from cluster.spec import AdapterSpec, ModelSpec
+from deployments.model.adapter_router import report_adapters
 from deployments.model.adapters import AdapterLoader, LoadedAdapter
 from deployments.model.batch_slots import WAIT_WINDOW_S, BatchSlots
 from deployments.model.chat_request import EngineCall, build_engine_call
@@ -67,7 +68,10 @@ class ModelServer:
         capacity = (model.lora.max_cpu_loras or model.lora.max_loras) if model.lora else 0
         base_config = read_model_config(path)
         self.adapters = AdapterLoader(
-            self.engine, capacity, lambda folder: check_adapter_folder(folder, model, base_config)
+            self.engine,
+            capacity,
+            lambda folder: check_adapter_folder(folder, model, base_config),
+            on_change=report_adapters,
         )
         self.base_probe: list[dict[int, float]] | None = None  # the base model's probe answers, measured once
         self.startup_s = startup_phases(entered, imported, resolved, time.time())

@@ -27,6 +27,7 @@ from cluster.cost import PriceBook, llm_reference_model
 from cluster.render.common import model_deployment_name
 from cluster.spec import AdapterSpec, FleetSpec, SpecialistSpec, parse_spec
 from deployments.fleet_state import STATE_PATH_ENV, FleetState
+from deployments.model.adapters import adapter_key
 from deployments.observability.metrics import FleetMetrics
 from deployments.observability.telemetry import configure_tracing, current_context_carrier
 from deployments.pipeline.idempotency import IdempotentRuns
@@ -99,7 +100,7 @@ class ServeBackend:
         refused = self._refused_here(model, request)
         if refused is not None:
             return refused
-        result = await self._with_retry(model, lambda: self.handles[model].generate.remote(request))
+        result = await self._with_retry(model, lambda: self._handle(model, request).generate.remote(request))
         self.refusals.observe(model, result)
         self._count(model, request, result)
         return result
@@ -116,6 +117,14 @@ class ServeBackend:
                 self._count(model, request, item)
             yield item
 
+    def _handle(self, model: str, request: GenerationRequest) -> DeploymentHandle:
+        """The model's handle; for an adapter specialist, routed by adapter (the model's request router sends it
+        to a replica that holds the adapter unless those are hot: ``deployments/model/adapter_router.py``)."""
+        spec = request.specialist_spec
+        if spec is None or spec.adapter is None:
+            return self.handles[model]
+        return self.handles[model].options(multiplexed_model_id=adapter_key(spec.adapter))
+
     def _count(self, model: str, request: GenerationRequest, result: GenerationResult) -> None:
         if self.metrics is None or result.error is not None:
             return
@@ -127,7 +136,7 @@ class ServeBackend:
         (the plain path's policy), after that the stream ends with the failure."""
         sent_any = False
         for attempt in range(2):
-            response = self.handles[model].options(stream=True).stream.remote(request)
+            response = self._handle(model, request).options(stream=True).stream.remote(request)
             try:
                 async for item in response:
                     if isinstance(item, GenerationResult) and retry_once(attempt, sent_any, item):

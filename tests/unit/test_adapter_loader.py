@@ -95,9 +95,11 @@ def test_slots_unload_least_recently_used_and_never_one_in_use() -> None:
 
 
 def test_loader_loads_once_under_concurrency_and_unloads_surplus_after_use(tmp_path: Path) -> None:
+    reported: list[list[str]] = []
+
     async def scenario() -> FakeEngine:
         engine = FakeEngine()
-        loader = AdapterLoader(engine, capacity=1, home=tmp_path / "home")
+        loader = AdapterLoader(engine, capacity=1, home=tmp_path / "home", on_change=reported.append)
         first = AdapterSpec(source=str(peft_folder(tmp_path / "one")))
         second = AdapterSpec(source=str(peft_folder(tmp_path / "two")))
         loaded = await asyncio.gather(*(loader.load(first) for _ in range(5)))
@@ -113,6 +115,8 @@ def test_loader_loads_once_under_concurrency_and_unloads_surplus_after_use(tmp_p
 
     engine = asyncio.run(scenario())
     assert [call for call, _ in engine.calls] == ["add", "add", "remove"]
+    # what Serve's routing is told the replica holds: first, both, then first again after the unload
+    assert [len(keys) for keys in reported] == [1, 2, 1] and reported[0] == reported[2]
 
 
 def test_an_adapter_refused_by_the_check_or_engine_is_never_counted_as_loaded(tmp_path: Path) -> None:
