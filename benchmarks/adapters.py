@@ -82,7 +82,8 @@ async def throughput(url: str, models: list[str], concurrency: int, seconds: flo
         nonlocal tokens
         turn = worker
         while time.monotonic() < stop_at:
-            tokens += await chat(http, models[turn % len(models)], PROMPTS[turn % len(PROMPTS)])
+            got = await chat(http, models[turn % len(models)], PROMPTS[turn % len(PROMPTS)])
+            tokens += got  # not `tokens += await ...`: that reads `tokens` before the await and loses updates
             turn += concurrency
 
     started = time.monotonic()

@@ -244,10 +244,11 @@ class ModelServer:
             log.warning("model %s: adapter %s refused: %r", self.model_name, adapter, exc)
             return {"error": _engine_reason(exc)}
         load_s = time.perf_counter() - started
-        if self.base_probe is None:
-            self.base_probe = await self._probe_logprobs(None)
         async with self.adapters.using(loaded):
-            tuned = await self._probe_logprobs(loaded)
+            if self.base_probe is None:  # the first probe on this replica measures the base in the same batch
+                self.base_probe, tuned = await asyncio.gather(self._probe_logprobs(None), self._probe_logprobs(loaded))
+            else:
+                tuned = await self._probe_logprobs(loaded)
         divergence = mean_divergence(self.base_probe, tuned)
         return {"divergence": divergence, "positions": len(tuned), "load_s": round(load_s, 3)}
 

@@ -1,6 +1,7 @@
 """Serving metrics through Ray's metrics API, scraped as Prometheus from each node's metrics export port.
 
-Ray prefixes every name with ``ray_``: ``ray_slmfleet_tokens_total{model,specialist,pipeline,direction}``,
+Ray prefixes every name with ``ray_``: ``ray_slmfleet_tokens_total{model,specialist,pipeline,direction,adapter}``
+(``adapter``: an adapter specialist's source@version, empty for the base model),
 ``ray_slmfleet_cost_total`` and ``ray_slmfleet_llm_counterfactual_cost_total`` (same tags),
 ``ray_slmfleet_pipeline_runs_total{pipeline,status}``, ``ray_slmfleet_escalations_total{pipeline,step,reason}``
 (a chat call's escalation counts with an empty pipeline and the specialist or model it named as the step).
@@ -15,6 +16,7 @@ from deployments.pipeline.result import PipelineResult
 from deployments.protocol import GenerationRequest, GenerationResult
 
 CALL_TAGS = ("model", "specialist", "pipeline", "direction")
+TOKEN_TAGS = (*CALL_TAGS, "adapter")
 
 
 class FleetMetrics:
@@ -23,7 +25,7 @@ class FleetMetrics:
     def __init__(self, prices: PriceBook, llm_model: str | None) -> None:
         self.prices = prices
         self.llm_model = llm_model
-        self.tokens = Counter("slmfleet_tokens", "Tokens processed", tag_keys=CALL_TAGS)
+        self.tokens = Counter("slmfleet_tokens", "Tokens processed", tag_keys=TOKEN_TAGS)
         self.cost = Counter("slmfleet_cost", "Cost of model calls (price units)", tag_keys=CALL_TAGS[:3])
         self.counterfactual = Counter(
             "slmfleet_llm_counterfactual_cost", "Cost had the LLM tier served the same tokens", tag_keys=CALL_TAGS[:3]
@@ -35,8 +37,10 @@ class FleetMetrics:
 
     def record_call(self, model: str, request: GenerationRequest, result: GenerationResult, pipeline: str) -> None:
         tags = {"model": model, "specialist": request.specialist or "", "pipeline": pipeline}
-        self.tokens.inc(result.prompt_tokens, {**tags, "direction": "in"})
-        self.tokens.inc(result.completion_tokens, {**tags, "direction": "out"})
+        adapter = request.specialist_spec.adapter if request.specialist_spec else None
+        token_tags = {**tags, "adapter": f"{adapter.source}@{adapter.version}" if adapter else ""}
+        self.tokens.inc(result.prompt_tokens, {**token_tags, "direction": "in"})
+        self.tokens.inc(result.completion_tokens, {**token_tags, "direction": "out"})
         total = result.prompt_tokens + result.completion_tokens
         if (cost := self.prices.cost(model, total)) is not None:
             self.cost.inc(cost, tags)

@@ -72,7 +72,8 @@ def replica_ids(address):
 
 
 def edited_spec(path, gate_url, adapters):
-    """The fleet's own spec plus a new specialist, a new price and a larger queue bound on smol."""
+    """The fleet's own spec plus a new specialist, a new adapter specialist (hot-loaded through the spec), a new
+    price and a larger queue bound on smol."""
     data = yaml.safe_load(e2e_spec(path, gate_url, adapters).read_text())
     data["specialists"]["yes-no"] = {
         "model": "smol",
@@ -80,6 +81,7 @@ def edited_spec(path, gate_url, adapters):
         "output": {"choice": ["yes", "no"]},
         "sampling": {"max_tokens": 4},
     }
+    data["specialists"]["tuned-live"] = {"model": "smol", "adapter": {"source": str(adapters["late"])}}
     data["models"]["smol"]["price_per_1k_tokens"] = 0.0002
     data["models"]["smol"]["max_queued_requests"] = 40
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -112,6 +114,12 @@ def test_a_specialist_price_and_queue_bound_apply_live_with_no_replica_restart(f
     assert reply.status_code == 200, reply.text
     assert reply.json()["choices"][0]["message"]["content"] in ("yes", "no")
     assert reply.json()["slmfleet"]["cost"]["total"] == pytest.approx(
+        0.0002 * reply.json()["usage"]["total_tokens"] / 1000
+    )
+    tuned = {"model": "tuned-live", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8}
+    reply = httpx.post(f"{fleet.url}/v1/chat/completions", json=tuned, timeout=120)
+    assert reply.status_code == 200, reply.text  # an adapter added by a spec edit serves with no restart
+    assert reply.json()["slmfleet"]["cost"]["total"] == pytest.approx(  # priced as its base model
         0.0002 * reply.json()["usage"]["total_tokens"] / 1000
     )
 

@@ -107,19 +107,23 @@ def test_one_trace_per_request_with_spans_for_router_steps_and_model_calls(fleet
     assert "slmfleet.escalated" in call["attributes"] or "slmfleet.escalated" in by_id[call["parent_id"]]["attributes"]
 
 
-def test_cost_and_token_metrics_are_exported_for_prometheus(fleet):
+def test_cost_and_token_metrics_are_exported_for_prometheus(fleet, adapters):
     run(fleet, "support-triage", {"message": MESSAGE})
+    tuned = {"model": "tuned-a", "messages": [{"role": "user", "content": MESSAGE}], "max_tokens": 4}
+    assert httpx.post(f"{fleet.url}/v1/chat/completions", json=tuned, timeout=120).status_code == 200
+    adapter_tag = f'adapter="{adapters["tuned-a"]}@1"'
     deadline, text = time.monotonic() + 90, ""
     while time.monotonic() < deadline:
         try:
             text = httpx.get(fleet.metrics_url, timeout=5).text
         except httpx.HTTPError:
             text = ""
-        if "ray_slmfleet_pipeline_runs" in text and "ray_slmfleet_cost" in text:
+        if "ray_slmfleet_pipeline_runs" in text and "ray_slmfleet_cost" in text and adapter_tag in text:
             break
         time.sleep(3)
     assert "ray_slmfleet_tokens_total{" in text or "ray_slmfleet_tokens" in text
     assert 'pipeline="support-triage"' in text
+    assert adapter_tag in text  # an adapter specialist's tokens carry its adapter
     assert "ray_slmfleet_llm_counterfactual_cost" in text
 
 
