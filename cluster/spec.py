@@ -212,6 +212,10 @@ class AdapterSpec(StrictModel):
     def is_local(self) -> bool:
         return not self.source.startswith(("s3://", "gs://"))
 
+    def label(self) -> str:
+        """``source@version``: how logs, spans, metrics and the diff name this adapter."""
+        return f"{self.source}@{self.version}"
+
     def local_path(self) -> Path:
         """The folder of a local or ``file://`` source (object-store sources are fetched by the model replica)."""
         return Path(self.source.removeprefix("file://")).expanduser()

@@ -44,7 +44,7 @@ class LoadedAdapter:
 
 def adapter_key(adapter: AdapterSpec) -> str:
     """A short stable name for one source at one version (its cache folder and log name)."""
-    return hashlib.sha256(f"{adapter.source}@{adapter.version}".encode()).hexdigest()[:16]
+    return hashlib.sha256(adapter.label().encode()).hexdigest()[:16]
 
 
 def adapter_int_id(key: str) -> int:
@@ -214,7 +214,7 @@ class AdapterLoader:
             self.known[loaded.int_id] = loaded
             self.slots.add(loaded.int_id)
             self._changed()
-            log.info("adapter %s (%s@%s) loaded", key, adapter.source, adapter.version)
+            log.info("adapter %s (%s) loaded", key, adapter.label())
         return loaded
 
     @asynccontextmanager

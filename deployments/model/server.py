@@ -124,7 +124,7 @@ class ModelServer:
         attributes = {
             "slmfleet.model": self.model_name,
             "slmfleet.specialist": request.specialist or "",
-            "slmfleet.adapter": f"{adapter.source}@{adapter.version}" if adapter else "",
+            "slmfleet.adapter": adapter.label() if adapter else "",
         }
         parent = context_from_carrier(request.trace_context)
         with TRACER.start_as_current_span("engine.generate", context=parent, attributes=attributes) as span:

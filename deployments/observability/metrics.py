@@ -38,7 +38,7 @@ class FleetMetrics:
     def record_call(self, model: str, request: GenerationRequest, result: GenerationResult, pipeline: str) -> None:
         tags = {"model": model, "specialist": request.specialist or "", "pipeline": pipeline}
         adapter = request.specialist_spec.adapter if request.specialist_spec else None
-        token_tags = {**tags, "adapter": f"{adapter.source}@{adapter.version}" if adapter else ""}
+        token_tags = {**tags, "adapter": adapter.label() if adapter else ""}
         self.tokens.inc(result.prompt_tokens, {**token_tags, "direction": "in"})
         self.tokens.inc(result.completion_tokens, {**token_tags, "direction": "out"})
         total = result.prompt_tokens + result.completion_tokens

@@ -27,7 +27,7 @@ def registry_entry(specialist: SpecialistSpec, probe: dict[str, Any]) -> dict[st
     """What the store keeps for one registration (JSON): the specialist, its probe figures, and a one-line
     description for ``slmfleet diff``."""
     adapter = specialist.adapter
-    where = f"{adapter.source}@{adapter.version}" if adapter else "no adapter"
+    where = adapter.label() if adapter else "no adapter"
     return {
         "specialist": specialist.model_dump(mode="json", exclude_defaults=True),
         "probe": probe,

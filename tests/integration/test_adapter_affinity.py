@@ -6,9 +6,6 @@ spreads over both replicas (no replica above 2x the mean queue); the base model 
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -16,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from cluster.deploy_options import ADAPTER_ROUTER_CLASS
+from tests.integration.local_ray import private_ray
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -25,17 +23,11 @@ serve = pytest.importorskip("ray.serve")
 
 @pytest.fixture(scope="module")
 def local_serve() -> Iterator[None]:
-    saved_address = os.environ.pop("RAY_ADDRESS", None)
-    temp_dir = tempfile.mkdtemp(prefix="saf", dir="/tmp")  # short: Ray's socket paths have a length limit
-    ray.init(address="local", num_cpus=4, include_dashboard=False, _temp_dir=temp_dir, logging_level="ERROR")
-    try:
-        yield
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        if saved_address is not None:
-            os.environ["RAY_ADDRESS"] = saved_address
+    with private_ray("saf", num_cpus=4):
+        try:
+            yield
+        finally:
+            serve.shutdown()
 
 
 def holder_app():

@@ -9,9 +9,6 @@ its detached actors end with it. Each test names its own state actor, so no test
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -23,6 +20,7 @@ from deployments.fleet_state import (
     fleet_state,
     read_runtime_state,
 )
+from tests.integration.local_ray import private_ray
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -31,16 +29,8 @@ ray = pytest.importorskip("ray")
 
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
-    saved_address = os.environ.pop("RAY_ADDRESS", None)
-    temp_dir = tempfile.mkdtemp(prefix="sfs", dir="/tmp")  # short: Ray's socket paths have a length limit
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, logging_level="ERROR")
-    try:
+    with private_ray("sfs", num_cpus=2):
         yield
-    finally:
-        ray.shutdown()
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        if saved_address is not None:
-            os.environ["RAY_ADDRESS"] = saved_address
 
 
 def router_replicas(state_name: str, count: int = 2) -> list:
