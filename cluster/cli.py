@@ -6,13 +6,14 @@ Each subcommand lives in its own small function; a bad spec prints its report (n
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
 
 from cluster import render
 from cluster.adapter_files import adapter_file_issues, local_adapter_notes
-from cluster.model_store import ModelSourceError
+from cluster.model_store import ModelSourceError, slmfleet_home
 from cluster.placement import PlacementError, plan_from_store, render_plan
 from cluster.render.common import RenderError
 from cluster.spec import FleetSpec, load_spec
@@ -40,6 +41,13 @@ def load_checked_spec(path: str) -> FleetSpec:
     for note in local_adapter_notes(spec):
         print(f"warning: {note}", file=sys.stderr)
     return spec
+
+
+def local_state_path(spec_path: str) -> Path:
+    """Where a local fleet of this spec file keeps its durable state (the adapter registry) between runs: one file
+    per spec path under ``$SLMFLEET_HOME/state``, so restarting ``slmfleet up`` finds its registrations again."""
+    digest = hashlib.sha256(str(Path(spec_path).resolve()).encode()).hexdigest()[:16]
+    return slmfleet_home() / "state" / f"{digest}.json"
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -75,6 +83,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         num_gpus=args.num_gpus,
         address=args.address,
         metrics_port=args.metrics_port,
+        state_path=args.state or str(local_state_path(args.spec)),
     )
 
 
@@ -143,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--num-gpus", type=float, default=0, help="logical GPUs of the local Ray")
     up.add_argument("--address", default=None, help="join a running Ray cluster instead of starting one")
     up.add_argument("--metrics-port", type=int, default=None, help="Prometheus port of the local Ray's metrics")
+    up.add_argument(
+        "--state",
+        default=None,
+        help="file for the fleet's durable state (registered adapters); default: one per spec in $SLMFLEET_HOME/state",
+    )
     up.set_defaults(func=_cmd_up)
 
     for name, func, what in (

@@ -14,6 +14,7 @@ from cluster.model_store import resolve_source
 from cluster.render.common import SERVE_ENV
 from cluster.spec import FleetSpec
 from cluster.spec_errors import SpecError, SpecIssue
+from deployments.fleet_state import STATE_PATH_ENV
 from deployments.pipeline.tools import ToolLoadError, import_callable
 from deployments.router.auth_gate import exposure_issues
 
@@ -49,9 +50,14 @@ def run_local(
     num_gpus: float,
     address: str | None,
     metrics_port: int | None = None,
+    state_path: str | None = None,
 ) -> int:
+    """Deploy ``spec`` on a local Ray (or the one at ``address``) and serve until interrupted. ``state_path``: where
+    the fleet's shared state snapshots its durable part (the adapter registry), unless the environment says."""
     if not address:
         apply_local_ray_env(os.environ)  # every process of the local cluster inherits it
+        if state_path:
+            os.environ.setdefault(STATE_PATH_ENV, state_path)
     import ray
     from ray import serve
 

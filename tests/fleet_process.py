@@ -31,6 +31,7 @@ class Fleet:
     def __init__(self, url: str, log: Path, trace_file: Path, proc: subprocess.Popen) -> None:
         self.url, self.log, self.trace_file, self.proc = url, log, trace_file, proc
         self.metrics_url = ""
+        self.spec: Path | None = None
 
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -91,6 +92,7 @@ def start_fleet(work: Path, spec: Path) -> Fleet:
             )
         running = Fleet(f"http://127.0.0.1:{port}", log, trace_file, proc)
         running.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        running.spec = spec
         try:
             wait_until_healthy(running)
             return running

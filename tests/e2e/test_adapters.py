@@ -7,6 +7,7 @@ were made by peft in the package's setup (random LoRA weights, so each visibly c
 
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,6 +15,7 @@ import httpx
 import openai
 import pytest
 
+from cluster.cli import local_state_path
 from tests.fleet_process import Fleet
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -85,6 +87,8 @@ def test_a_runtime_registration_hot_loads_with_no_restart_and_a_do_nothing_adapt
         assert answer != ask(client, "smol")
         assert registered.json()["probe"]["divergence"] > 0.01
         assert "late" in {card.id for card in client.models.list().data}
+        snapshot = json.loads(local_state_path(str(fleet.spec)).read_text())  # `slmfleet up`'s default state file
+        assert snapshot["namespaces"]["adapters"]["late"]["specialist"]["adapter"]["source"] == str(adapters["late"])
         assert smol_engine_pids(fleet) == before  # no new replica, no engine restart
         update = {"model": "smol", "adapter": {"source": str(adapters["tuned-b"]), "version": "2"}}
         assert admin.put("/admin/adapters/late", json=update).status_code == 200

@@ -21,7 +21,7 @@ from cluster.adapter_files import (
     local_adapter_notes,
     safetensors_shapes,
 )
-from cluster.cli import main
+from cluster.cli import local_state_path, main
 from cluster.memory import estimate_engine_memory, lora_values_per_rank
 from cluster.spec import ModelSpec, parse_spec
 from cluster.spec_errors import SpecError
@@ -166,3 +166,21 @@ def test_lora_slots_enter_the_memory_estimate() -> None:
     assert tuned.lora_gib == pytest.approx(per_rank * 64 * 4 / 1024**3)
     assert tuned.total_gib > plain.total_gib and plain.lora_gib == 0
     assert tuned.to_dict()["lora_gib"] == round(tuned.lora_gib, 3)
+
+
+def test_up_keeps_a_local_fleets_state_in_one_file_per_spec(tmp_path: Path, monkeypatch) -> None:
+    """Registrations survive a restart of `slmfleet up` of the same spec: its state actor snapshots to that file."""
+    import deployments.local_run
+
+    seen: dict = {}
+    monkeypatch.setattr(deployments.local_run, "run_local", lambda spec, **kwargs: seen.update(kwargs) or 0)
+    monkeypatch.setenv("SLMFLEET_HOME", str(tmp_path / "home"))
+    spec = tmp_path / "fleet.yaml"
+    spec.write_text(yaml.safe_dump(spec_with({})))
+    monkeypatch.chdir(tmp_path)
+    assert main(["up", "--spec", "fleet.yaml"]) == 0
+    assert seen["state_path"] == str(local_state_path(str(spec))) == str(local_state_path("fleet.yaml"))
+    assert Path(seen["state_path"]).parent == tmp_path / "home" / "state"
+    assert local_state_path(str(tmp_path / "other.yaml")) != local_state_path(str(spec))
+    assert main(["up", "--spec", "fleet.yaml", "--state", "/elsewhere.json"]) == 0
+    assert seen["state_path"] == "/elsewhere.json"
