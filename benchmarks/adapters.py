@@ -106,6 +106,7 @@ def main() -> None:
         loads = asyncio.run(hot_load(url, folders))
         after = rss_gib("model-tuned")
         assert replica_tree("model-tuned")[0].pid == engine_pid, "a replica restarted during hot-load"
+        print("hot-load per registration, in order (s): " + ", ".join(f"{t:.2f}" for t in loads))
         print(
             f"hot-load ({len(loads)} adapters, registration to first answer): p50 {statistics.median(loads):.2f} s, "
             f"p99 {percentile(loads, 99):.2f} s, max {max(loads):.2f} s; no replica started"
