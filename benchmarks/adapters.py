@@ -24,10 +24,9 @@ import time
 from pathlib import Path
 
 import httpx
-import psutil
 import yaml
 
-from benchmarks.common import PROMPTS, ROOT, percentile, running_fleet
+from benchmarks.common import PROMPTS, ROOT, percentile, replica_process, running_fleet
 from tests.adapters import make_adapter
 
 MAX_TOKENS = 32
@@ -40,15 +39,10 @@ def bench_spec(path: Path) -> Path:
     return path
 
 
-def replica_tree(deployment: str) -> list[psutil.Process]:
-    for proc in psutil.process_iter(["cmdline"]):
-        if f"ServeReplica:{deployment}:{deployment}" in " ".join(proc.info["cmdline"] or []):
-            return [proc, *proc.children(recursive=True)]
-    raise SystemExit(f"no replica process of {deployment}")
-
-
 def rss_gib(deployment: str) -> float:
-    return sum(p.memory_info().rss for p in replica_tree(deployment)) / 1024**3
+    """Resident memory of a replica and its engine processes."""
+    replica = replica_process(deployment)
+    return sum(p.memory_info().rss for p in [replica, *replica.children(recursive=True)]) / 1024**3
 
 
 async def chat(http: httpx.AsyncClient, model: str, prompt: str) -> int:
@@ -102,10 +96,10 @@ def main() -> None:
     folders = [make_adapter(work / f"a{i}", seed=i + 1) for i in range(args.adapters)]
     with running_fleet(work=work, spec=bench_spec(work / "fleet.yaml")) as url:
         asyncio.run(throughput(url, ["plain", "tuned"], 4, 5))  # warm both engines
-        engine_pid, before = replica_tree("model-tuned")[0].pid, rss_gib("model-tuned")
+        engine_pid, before = replica_process("model-tuned").pid, rss_gib("model-tuned")
         loads = asyncio.run(hot_load(url, folders))
         after = rss_gib("model-tuned")
-        assert replica_tree("model-tuned")[0].pid == engine_pid, "a replica restarted during hot-load"
+        assert replica_process("model-tuned").pid == engine_pid, "a replica restarted during hot-load"
         print("hot-load per registration, in order (s): " + ", ".join(f"{t:.2f}" for t in loads))
         print(
             f"hot-load ({len(loads)} adapters, registration to first answer): p50 {statistics.median(loads):.2f} s, "

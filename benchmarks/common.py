@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import yaml
 
 from tests.ports import free_port  # ports outside the ephemeral range, which Ray's own processes cannot take
@@ -99,3 +100,11 @@ def percentile(values: list[float], q: float) -> float:
 def summary(latencies_s: list[float]) -> str:
     ms = [v * 1000 for v in latencies_s]
     return f"p50 {percentile(ms, 50):8.1f} ms  p99 {percentile(ms, 99):8.1f} ms  mean {statistics.mean(ms):8.1f} ms"
+
+
+def replica_process(deployment: str) -> psutil.Process:
+    """The Serve replica process of ``deployment`` (its name is in the process title Ray sets)."""
+    for proc in psutil.process_iter(["cmdline"]):
+        if f"ServeReplica:{deployment}:{deployment}" in " ".join(proc.info["cmdline"] or []):
+            return proc
+    raise SystemExit(f"no replica process of {deployment}")

@@ -27,10 +27,9 @@ import time
 from pathlib import Path
 
 import httpx
-import psutil
 import yaml
 
-from benchmarks.common import ROOT, percentile, running_fleet, small_spec
+from benchmarks.common import ROOT, percentile, replica_process, running_fleet, small_spec
 from benchmarks.open_loop import Outcome, closed_loop, open_loop, router_seconds, split
 
 BODY = {
@@ -91,14 +90,6 @@ async def run(url: str, seconds: float, saturation_s: float, factor: float) -> t
     sat_rate, sat = await closed_loop(chat, BODY, concurrent_seqs(), saturation_s)
     outcomes = await open_loop(chat, BODY, factor * sat_rate, seconds, seed=1)
     return report(sat_rate, sat, factor * sat_rate, outcomes, seconds), outcomes
-
-
-def replica_process(deployment: str) -> psutil.Process:
-    """The Serve replica process of ``deployment`` (its name is in the process title Ray sets)."""
-    for proc in psutil.process_iter(["cmdline"]):
-        if f"ServeReplica:{deployment}:{deployment}" in " ".join(proc.info["cmdline"] or []):
-            return proc
-    raise SystemExit(f"no replica process of {deployment}")
 
 
 async def kill_and_time_recovery(url: str, after_s: float) -> float:

@@ -202,17 +202,17 @@ class AdapterLoader:
     async def load(self, adapter: AdapterSpec) -> LoadedAdapter:
         """Fetch and load ``adapter`` unless the engine holds it; raises AdapterFileError or the engine's error."""
         key = adapter_key(adapter)
-        loaded = LoadedAdapter(key, adapter_int_id(key), Path())
-        async with self._locks.setdefault(loaded.int_id, asyncio.Lock()):
-            if self.slots.holds(loaded.int_id):
-                return self.known[loaded.int_id]
+        int_id = adapter_int_id(key)
+        async with self._locks.setdefault(int_id, asyncio.Lock()):
+            if self.slots.holds(int_id):
+                return self.known[int_id]
             path = await asyncio.to_thread(fetch_adapter, adapter, self.home)
             if self.check is not None:
                 await asyncio.to_thread(self.check, path)
-            loaded = LoadedAdapter(key, loaded.int_id, path)
+            loaded = LoadedAdapter(key, int_id, path)
             await self.engine.add_adapter(loaded)
-            self.known[loaded.int_id] = loaded
-            self.slots.add(loaded.int_id)
+            self.known[int_id] = loaded
+            self.slots.add(int_id)
             self._changed()
             log.info("adapter %s (%s) loaded", key, adapter.label())
         return loaded

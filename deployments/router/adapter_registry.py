@@ -35,14 +35,14 @@ def registry_entry(specialist: SpecialistSpec, probe: dict[str, Any]) -> dict[st
     }
 
 
-def registered_specialist(spec: FleetSpec, name: str, entry: Any) -> SpecialistSpec | str:
-    """The registered specialist if it fits ``spec``, else why not."""
+SPEC_OWNS_NAME = "the spec defines this name now, and the spec wins"
+
+
+def misfit(spec: FleetSpec, name: str, specialist: SpecialistSpec) -> str | None:
+    """Why a registered specialist cannot be served with ``spec`` (:data:`SPEC_OWNS_NAME` for a name clash), or
+    None when it fits."""
     if name in spec.specialists or name in spec.models:
-        return "the spec defines this name now, and the spec wins"
-    try:
-        specialist = SpecialistSpec.model_validate(entry.get("specialist") if isinstance(entry, dict) else None)
-    except ValidationError as exc:
-        return f"not a valid specialist: {exc.errors()[0].get('msg', 'invalid')}"
+        return SPEC_OWNS_NAME
     model = spec.models.get(specialist.model)
     if model is None:
         return f"its model '{specialist.model}' is not in the spec"
@@ -50,7 +50,18 @@ def registered_specialist(spec: FleetSpec, name: str, entry: Any) -> SpecialistS
         return "it names no adapter"
     if model.lora is None:
         return f"its model '{specialist.model}' has no lora: section"
-    return specialist
+    return None
+
+
+def registered_specialist(spec: FleetSpec, name: str, entry: Any) -> SpecialistSpec | str:
+    """The stored entry's specialist if it is valid and fits ``spec``, else why not."""
+    try:
+        specialist = SpecialistSpec.model_validate(entry.get("specialist") if isinstance(entry, dict) else None)
+    except ValidationError as exc:
+        if name in spec.specialists or name in spec.models:
+            return SPEC_OWNS_NAME
+        return f"not a valid specialist: {exc.errors()[0].get('msg', 'invalid')}"
+    return misfit(spec, name, specialist) or specialist
 
 
 def with_registered(spec: FleetSpec, entries: dict[str, Any]) -> tuple[FleetSpec, dict[str, str]]:

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response
 
 from cluster.adapter_probe import probe_refusal
 from cluster.spec import NAME_PATTERN, AdapterSpec, FleetSpec, SpecialistSpec
-from deployments.router.adapter_registry import REFRESH_S, registered_specialist, registry_entry
+from deployments.router.adapter_registry import REFRESH_S, SPEC_OWNS_NAME, misfit, registry_entry
 from deployments.router.openai_api import error_response
 
 PROBE_TIMEOUT_S = 300.0  # a model at zero replicas is woken by the probe: its cold start must fit
@@ -86,10 +86,10 @@ def _refusal(name: str, body: SpecialistSpec, spec: FleetSpec) -> Response | Non
         return error_response(400, f"'{name}' is not a valid name ({NAME_PATTERN})", "invalid_name", "name")
     if body.adapter is None:
         return error_response(400, "a registration needs 'adapter': {source, version}", "missing_adapter", "adapter")
-    found = registered_specialist(spec, name, {"specialist": body.model_dump(mode="json")})
-    if isinstance(found, str):
-        status = 409 if "spec defines" in found else 400
-        return error_response(status, f"cannot register '{name}': {found}", "adapter_not_registrable", "model")
+    reason = misfit(spec, name, body)
+    if reason is not None:
+        status = 409 if reason == SPEC_OWNS_NAME else 400
+        return error_response(status, f"cannot register '{name}': {reason}", "adapter_not_registrable", "model")
     return None
 
 
