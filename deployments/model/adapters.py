@@ -27,6 +27,7 @@ from typing import Protocol
 
 from cluster.adapter_files import AdapterFileError, read_adapter_config
 from cluster.model_store import slmfleet_home
+from cluster.object_store import ObjectStoreError, download_prefix
 from cluster.spec import AdapterSpec
 
 log = logging.getLogger(__name__)
@@ -85,56 +86,15 @@ def fetch_adapter(
     return target
 
 
-def _split_uri(uri: str) -> tuple[str, str]:
-    bucket, _, prefix = uri.split("://", 1)[1].partition("/")
-    if not bucket:
-        raise AdapterFileError(f"{uri} names no bucket")
-    return bucket, prefix.strip("/")
-
-
-def download_s3(uri: str, into: Path) -> None:
-    """Every object under the prefix (boto3; endpoint and credentials from the usual AWS environment variables,
-    ``AWS_ENDPOINT_URL`` included)."""
+def download_from_store(uri: str, into: Path) -> None:
+    """An adapter's files from s3:// or gs:// (see :mod:`cluster.object_store`)."""
     try:
-        import boto3
-    except ImportError:
-        raise AdapterFileError("s3:// adapters need boto3 on the model's nodes: pip install boto3") from None
-    bucket, prefix = _split_uri(uri)
-    client = boto3.client("s3")
-    found = False
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/" if prefix else ""):
-        for item in page.get("Contents", []):
-            relative = item["Key"][len(prefix) :].lstrip("/")
-            if relative and not relative.endswith("/"):
-                (into / relative).parent.mkdir(parents=True, exist_ok=True)
-                client.download_file(bucket, item["Key"], str(into / relative))
-                found = True
-    if not found:
-        raise AdapterFileError(f"no objects under {uri}")
+        download_prefix(uri, into)
+    except ObjectStoreError as exc:
+        raise AdapterFileError(str(exc)) from None
 
 
-def download_gcs(uri: str, into: Path) -> None:
-    """Every blob under the prefix (google-cloud-storage; ``STORAGE_EMULATOR_HOST`` points it at an emulator)."""
-    try:
-        from google.cloud import storage
-    except ImportError:
-        raise AdapterFileError(
-            "gs:// adapters need google-cloud-storage on the model's nodes: pip install google-cloud-storage"
-        ) from None
-    bucket, prefix = _split_uri(uri)
-    client = storage.Client()
-    found = False
-    for blob in client.list_blobs(bucket, prefix=f"{prefix}/" if prefix else None):
-        relative = blob.name[len(prefix) :].lstrip("/")
-        if relative and not relative.endswith("/"):
-            (into / relative).parent.mkdir(parents=True, exist_ok=True)
-            blob.download_to_filename(str(into / relative))
-            found = True
-    if not found:
-        raise AdapterFileError(f"no objects under {uri}")
-
-
-DOWNLOADERS: dict[str, Downloader] = {"s3": download_s3, "gs": download_gcs}
+DOWNLOADERS: dict[str, Downloader] = {"s3": download_from_store, "gs": download_from_store}
 
 
 class AdapterSlots:
