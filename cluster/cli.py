@@ -13,6 +13,7 @@ from pathlib import Path
 
 from cluster import render
 from cluster.adapter_files import adapter_file_issues, local_adapter_notes
+from cluster.convert.commands import add_convert_commands
 from cluster.model_store import ModelSourceError, slmfleet_home
 from cluster.placement import PlacementError, plan_from_store, render_plan
 from cluster.render.common import RenderError
@@ -180,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     render_cmd.set_defaults(func=_cmd_render)
 
+    add_convert_commands(sub, _add_spec_argument)
     return parser
 
 

@@ -225,6 +225,9 @@ class PipelineSpec(_StrictModel):
         None, description="final output: a template, or a mapping of templates; default the last step that ran"
     )
     escalation: EscalationPolicy = EscalationPolicy()
+    log_usage: bool = Field(
+        False, description="record this pipeline's steps that run on the LLM tier in the usage log (see usage_log)"
+    )
     step_timeout_s: float = Field(60.0, gt=0, le=3600, description="per model call, unless a step sets timeout_s")
     latency_objective_s: float | None = Field(
         None,

@@ -134,6 +134,11 @@ class ModelSpec(StrictModel):
         None, description="chat calls naming this model escalate by this policy (the router's; no engine restart)"
     )
     lora: LoraSpec | None = Field(None, description="LoRA capacity; needed by specialists that name an adapter")
+    log_usage: bool = Field(
+        False,
+        description="record in the usage log this model's calls if it is LLM-tier, else its calls escalated to the LLM "
+        "tier (see usage_log)",
+    )
 
     @model_validator(mode="after")
     def _llms_never_scale_to_zero(self) -> ModelSpec:
@@ -241,6 +246,9 @@ class SpecialistSpec(StrictModel):
     adapter: AdapterSpec | None = Field(
         None, description="a LoRA adapter applied on the model for this specialist's calls (the model needs lora:)"
     )
+    log_usage: bool = Field(
+        False, description="record this specialist's calls that reach the LLM tier in the usage log (see usage_log)"
+    )
 
 
 class PoolSpec(StrictModel):
@@ -332,6 +340,46 @@ class ServerSpec(StrictModel):
     router: RouterReplicasSpec = RouterReplicasSpec()
 
 
+USAGE_LOG_SCHEMES = ("file://", "s3://", "gs://")
+USAGE_LOG_KEY_PATTERN = r"^x25519:[A-Za-z0-9+/]{43}=$"
+
+
+class UsageLogSpec(StrictModel):
+    """The conversion loop's record of LLM-tier calls (those opted in with ``log_usage``), written by each router
+    replica as its own stream of segments sealed to ``public_key``: the router can write the log, never read it."""
+
+    public_key: str = Field(description="the loop's public key, as printed by 'slmfleet convert keygen'")
+    destination: str | None = Field(
+        None,
+        description="an absolute folder, file:///folder, s3://bucket/prefix or gs://bucket/prefix; default: "
+        "$SLMFLEET_HOME/usage-log on each router node",
+    )
+    buffer_records: int = Field(
+        1000, ge=1, le=1_000_000, description="records waiting to be written; beyond it a record is dropped (counted)"
+    )
+    segment_max_mib: float = Field(16.0, gt=0, le=1024, description="a segment is closed at this size")
+    segment_max_age_s: float = Field(
+        60.0, gt=0, le=86400, description="and at this age: how long a record may wait before it reaches object storage"
+    )
+
+    @field_validator("public_key")
+    @classmethod
+    def _key_shape(cls, value: str) -> str:
+        if not re.fullmatch(USAGE_LOG_KEY_PATTERN, value):
+            raise ValueError("not a usage-log public key; make a key pair with 'slmfleet convert keygen --out DIR'")
+        return value
+
+    @field_validator("destination")
+    @classmethod
+    def _absolute_or_uri(cls, value: str | None) -> str | None:
+        if value is None or value.startswith(USAGE_LOG_SCHEMES) or Path(value).is_absolute():
+            return value
+        raise ValueError(
+            "give an absolute folder (a relative one would depend on each router's working directory) or a URI "
+            f"starting with {', '.join(USAGE_LOG_SCHEMES)}"
+        )
+
+
 def is_loopback(host: str) -> bool:
     """Whether ``host`` keeps the router on this machine (anything else exposes it, and needs keys)."""
     if host == "localhost":
@@ -351,6 +399,9 @@ class FleetSpec(StrictModel):
     tools: dict[Name, ToolSpec] = Field(default_factory=dict)
     pools: dict[Name, PoolSpec] = Field(default_factory=dict)
     server: ServerSpec = ServerSpec()
+    usage_log: UsageLogSpec | None = Field(
+        None, description="where the router records opted-in LLM-tier calls for the conversion loop"
+    )
 
     def served_names(self) -> list[str]:
         """Every name a request's ``model`` field may carry."""
@@ -374,7 +425,21 @@ def check_references(spec: FleetSpec) -> list[SpecIssue]:
             issues.append(_unknown_ref(f"models.{name}.pool", model.pool, "pool", list(spec.pools)))
         issues.extend(escalation_issues(spec, f"models.{name}.escalation", model.escalation, _unknown_ref))
     issues.extend(pipeline_issues(spec, _unknown_ref))
+    issues.extend(_usage_log_issues(spec))
     return issues
+
+
+def _usage_log_issues(spec: FleetSpec) -> list[SpecIssue]:
+    """``log_usage`` needs a ``usage_log`` to write to."""
+    if spec.usage_log is not None:
+        return []
+    opted = [
+        *(f"models.{n}.log_usage" for n, m in spec.models.items() if m.log_usage),
+        *(f"specialists.{n}.log_usage" for n, s in spec.specialists.items() if s.log_usage),
+        *(f"pipelines.{n}.log_usage" for n, p in spec.pipelines.items() if p.log_usage),
+    ]
+    fix = "add 'usage_log: {public_key: ...}' (make the key with 'slmfleet convert keygen --out DIR')"
+    return [SpecIssue(path, True, "there is no usage_log to record into", fix) for path in opted]
 
 
 def _adapter_model_issues(spec: FleetSpec, name: str, specialist: SpecialistSpec) -> list[SpecIssue]:

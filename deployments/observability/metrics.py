@@ -4,7 +4,8 @@ Ray prefixes every name with ``ray_``: ``ray_slmfleet_tokens_total{model,special
 (``adapter``: an adapter specialist's source@version, empty for the base model),
 ``ray_slmfleet_cost_total`` and ``ray_slmfleet_llm_counterfactual_cost_total`` (same tags),
 ``ray_slmfleet_pipeline_runs_total{pipeline,status}``, ``ray_slmfleet_escalations_total{pipeline,step,reason}``
-(a chat call's escalation counts with an empty pipeline and the specialist or model it named as the step).
+(a chat call's escalation counts with an empty pipeline and the specialist or model it named as the step),
+``ray_slmfleet_usage_log_records_total{outcome}`` (written or dropped; see ``deployments/router/usage_log.py``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ class FleetMetrics:
         self.escalations = Counter(
             "slmfleet_escalations", "Steps re-run on the LLM tier", tag_keys=("pipeline", "step", "reason")
         )
+        self.usage_log_records = Counter(
+            "slmfleet_usage_log_records", "Usage-log records written or dropped", tag_keys=("outcome",)
+        )
 
     def record_call(self, model: str, request: GenerationRequest, result: GenerationResult, pipeline: str) -> None:
         tags = {"model": model, "specialist": request.specialist or "", "pipeline": pipeline}
@@ -46,6 +50,10 @@ class FleetMetrics:
             self.cost.inc(cost, tags)
         if self.llm_model and (llm_cost := self.prices.cost(self.llm_model, total)) is not None:
             self.counterfactual.inc(llm_cost, tags)
+
+    def record_usage_log(self, outcome: str, records: int) -> None:
+        """Called from the usage log's writer thread as well as the event loop (Ray's counters are thread-safe)."""
+        self.usage_log_records.inc(records, {"outcome": outcome})
 
     def record_chat_escalation(self, name: str, reason: str) -> None:
         self.escalations.inc(1, {"pipeline": "", "step": name, "reason": reason})

@@ -465,9 +465,15 @@ class PipelineRunner:
                 continue
             if await self._over_budget(step, calls, outcome):
                 return calls
+            from_model = calls.model
             self._escalate(run, step, calls, verdict)
             can_escalate, retries = False, 0
-            request = replace(request, request_id=f"{run.run_id}:{step.name}:escalated")
+            request = replace(
+                request,
+                request_id=f"{run.run_id}:{step.name}:escalated",
+                escalated_from=from_model,
+                escalation_reason=str(verdict.reason),
+            )
 
     async def _over_budget(self, step: _StepPlan, calls: _Calls, outcome: CallOutcome) -> bool:
         """Whether this capacity escalation is refused by the LLM tier's budget (the step then fails as unavailable)."""

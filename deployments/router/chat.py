@@ -149,6 +149,7 @@ class ChatCaller:
             )
             if self.on_escalation is not None:
                 self.on_escalation(target.specialist or target.model, str(verdict.reason))
+            request = replace(request, escalated_from=model, escalation_reason=str(verdict.reason))
             model, can_escalate, retries = target_model, False, 0
 
     async def _over_budget(self, model: str, target: str, result: GenerationResult) -> GenerationResult | None:

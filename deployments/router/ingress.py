@@ -25,7 +25,7 @@ from ray.serve.handle import DeploymentHandle
 from cluster.admission import DEFAULT_QUEUE_OBJECTIVE_S, model_objective_s, queue_budget, tighter
 from cluster.cost import PriceBook, llm_reference_model
 from cluster.render.common import model_deployment_name
-from cluster.spec import AdapterSpec, FleetSpec, SpecialistSpec, parse_spec
+from cluster.spec import AdapterSpec, FleetSpec, SpecialistSpec, UsageLogSpec, parse_spec
 from deployments.fleet_state import STATE_PATH_ENV, FleetState
 from deployments.model.adapters import adapter_key
 from deployments.observability.metrics import FleetMetrics
@@ -42,6 +42,7 @@ from deployments.router.auth_gate import CALLER_PRIORITY, AuthGate, gate_for
 from deployments.router.escalation_budget import EscalationBudget, budget_from_spec
 from deployments.router.fleet_health import ServeDetailsCache, fleet_health, model_health
 from deployments.router.refusal_memo import RefusalMemo
+from deployments.router.usage_log import UsageLog, UsageRecorder, stream_name
 
 log = logging.getLogger(__name__)
 REPLICA_LOST = (RayActorError, ActorDiedError, ActorUnavailableError, ReplicaUnavailableError)
@@ -76,6 +77,7 @@ class ServeBackend:
         self._wakes: dict[str, asyncio.Task[None]] = {}
         self.objectives = objectives or {}
         self.refusals = RefusalMemo()
+        self.usage: UsageRecorder | None = None  # records opted-in LLM-tier calls (see usage_log)
 
     def _refused_here(self, model: str, request: GenerationRequest) -> GenerationResult | None:
         """The model's recent refusal applied to this request without a call (see :mod:`refusal_memo`)."""
@@ -126,6 +128,8 @@ class ServeBackend:
         return self.handles[model].options(multiplexed_model_id=adapter_key(spec.adapter))
 
     def _count(self, model: str, request: GenerationRequest, result: GenerationResult) -> None:
+        if self.usage is not None:
+            self.usage(model, request, result, CURRENT_PIPELINE.get())
         if self.metrics is None or result.error is not None:
             return
         self.metrics.prices.observe_throughput(model, result.extra.get("tokens_per_hour"))
@@ -292,10 +296,11 @@ def router_state(
     metrics: FleetMetrics,
     shared: FleetState | None = None,
     registered: dict[str, Any] | None = None,
+    usage_log_for: Callable[[UsageLogSpec | None], UsageLog | None] | None = None,
 ) -> RouterState:
     """The router's state from its ``user_config`` (``{spec, replica_per_hour}``) and the adapter registry's
     entries; a bad spec raises SpecError. ``shared`` is the fleet's shared store, where the LLM tier's budget is
-    counted."""
+    counted. ``usage_log_for(settings)`` gives the replica's usage-log writer for the spec's settings."""
     base_spec = parse_spec(config.get("spec"), "<router user_config: spec>")
     spec, set_aside = with_registered(base_spec, registered or {})
     for name, reason in set_aside.items():
@@ -306,6 +311,9 @@ def router_state(
     at_zero = frozenset(name for name, model in spec.models.items() if model.autoscaling.min_replicas == 0)
     objectives = {name: model_objective_s(m.latency_objective_s) for name, m in spec.models.items()}
     backend = ServeBackend(model_handles(spec), dict(spec.specialists), metrics, at_zero, objectives)
+    usage_log = usage_log_for(spec.usage_log) if usage_log_for is not None else None
+    if usage_log is not None:
+        backend.usage = UsageRecorder(spec, prices, usage_log)
     budget = budget_from_spec(spec, shared.consume if shared is not None else None)
     runner = PipelineRunner(
         spec,
@@ -341,6 +349,7 @@ class Router:
         self.config: dict[str, Any] = {}
         self.registered: dict[str, Any] = {}
         self.registry_read_at = float("-inf")
+        self.usage_log: UsageLog | None = None  # this replica's writer, kept while the spec's settings stay
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Called by Serve at start and whenever the deployment's user_config changes."""
@@ -348,7 +357,7 @@ class Router:
 
     def _rebuild(self, config: dict[str, Any], registered: dict[str, Any]) -> None:
         """A new state and app from a spec and the registry's entries; requests in flight keep the old ones."""
-        state = router_state(config, self.metrics, self.shared_state, registered)
+        state = router_state(config, self.metrics, self.shared_state, registered, self._usage_log_for)
         self.swappable.current = build_api(
             state.spec,
             state.backend,
@@ -362,6 +371,23 @@ class Router:
         )
         self.state, self.config, self.registered = state, config, registered
         log.info("router reconfigured: %d models, %d specialists, %d pipelines", *_sizes(state.spec))
+
+    def _usage_log_for(self, settings: UsageLogSpec | None) -> UsageLog | None:
+        """The writer for these settings: the current one while they stay the same, else a new stream (the old
+        one writes what it holds and closes its segment)."""
+        current = self.usage_log
+        if current is not None and current.settings == settings:
+            return current
+        if current is not None:
+            current.close()
+        self.usage_log = None if settings is None else UsageLog(settings, stream_name(), self.metrics.record_usage_log)
+        return self.usage_log
+
+    def __del__(self) -> None:
+        """Serve's graceful shutdown: the open segment is closed (and uploaded) rather than left to a reader's
+        tail check."""
+        if getattr(self, "usage_log", None) is not None:
+            self.usage_log.close()
 
     async def _refresh_registry(self, force: bool = False) -> None:
         """Re-read the adapter registry when this replica's copy is older than REFRESH_S (one store call a second

@@ -4,6 +4,8 @@ Package-scoped so its engines (about 3 GB each) are gone before the next tier st
 """
 
 import copy
+import functools
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,11 +13,21 @@ import pytest
 import yaml
 from openai import OpenAI
 
+from cluster.convert.sealed_log import generate_key_pair
 from tests.adapters import make_adapter
 from tests.e2e.tool_gate import ToolGate
 from tests.fleet_process import ROOT, Fleet, start_fleet, stop
 
 RANDOM_ADAPTERS = ("tuned-a", "tuned-b", "late", "survivor")
+
+
+@functools.cache
+def usage_log_keys() -> tuple[Path, str, Path]:
+    """One key pair and log folder for the whole run (private key, public key, destination), so every spec the
+    e2e tests apply keeps the fleet's usage log where it was."""
+    folder = Path(tempfile.mkdtemp(prefix="slmfleet-e2e-usage-"))
+    private, public = generate_key_pair(folder / "keys")
+    return private, public, folder / "log"
 
 
 def e2e_spec(path: Path, gate_url: str, adapters: dict[str, Path]) -> Path:
@@ -24,7 +36,8 @@ def e2e_spec(path: Path, gate_url: str, adapters: dict[str, Path]) -> Path:
     specialist whose every chat call escalates; a scale-to-zero model, ``cold`` (SmolLM2 again, starting at
     zero replicas, back to zero after 10 idle seconds), with ``extract-cold``, the extract specialist on it; and
     ``gated-failover``, classify and reply on smol with a test-controlled tool step (``gate``) between them. smol
-    has LoRA slots, and ``tuned-a``/``tuned-b`` are adapter specialists on it (``adapters`` made by peft)."""
+    has LoRA slots, and ``tuned-a``/``tuned-b`` are adapter specialists on it (``adapters`` made by peft). The usage
+    log records ``intent-unsure``'s and ``triage-always-escalate``'s calls that reach the LLM tier."""
     spec = yaml.safe_load((ROOT / "fleet.yaml").read_text())
     # 4 slots: at max_loras 2, two adapters and the base batched together changed answers (vLLM 0.32 CPU, measured)
     spec["models"]["smol"]["lora"] = {"max_loras": 4, "max_lora_rank": 8, "max_cpu_loras": 4}
@@ -55,6 +68,9 @@ def e2e_spec(path: Path, gate_url: str, adapters: dict[str, Path]) -> Path:
     unsure = copy.deepcopy(spec["specialists"]["intent"])
     unsure["escalation"] = {"to": "big", "min_confidence": 1.0}  # never sure enough: every chat call escalates
     spec["specialists"]["intent-unsure"] = unsure
+    unsure["log_usage"] = demo["log_usage"] = True
+    _, public_key, destination = usage_log_keys()
+    spec["usage_log"] = {"public_key": public_key, "destination": str(destination)}
     cold = copy.deepcopy(spec["models"]["smol"])
     cold["autoscaling"] = {"min_replicas": 0, "max_replicas": 1, "idle_delay_s": 10, "downscale_delay_s": 0}
     spec["models"]["cold"] = cold

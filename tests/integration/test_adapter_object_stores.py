@@ -1,6 +1,6 @@
-"""Adapters from object storage: a replica's fetch of ``s3://`` and ``gs://`` sources, against local servers from
-PyPI started here (moto's S3 server, gcp-storage-emulator), with the clients a replica uses (boto3,
-google-cloud-storage) pointed at them by their usual environment variables."""
+"""Object storage, against local servers from PyPI started here (moto's S3 server, gcp-storage-emulator) with the
+clients the fleet uses (boto3, google-cloud-storage) pointed at them by their usual environment variables: a
+replica's fetch of ``s3://`` and ``gs://`` adapters, and a router's usage log shipped to ``s3://``."""
 
 from __future__ import annotations
 
@@ -14,8 +14,11 @@ import httpx
 import pytest
 
 from cluster.adapter_files import AdapterFileError
-from cluster.spec import AdapterSpec
+from cluster.convert.commands import summarize_log
+from cluster.convert.sealed_log import generate_key_pair
+from cluster.spec import AdapterSpec, UsageLogSpec
 from deployments.model.adapters import fetch_adapter
+from deployments.router.usage_log import UsageLog
 from tests.ports import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -86,3 +89,21 @@ def test_a_gcs_adapter_is_downloaded_whole(gcs, tmp_path: Path) -> None:
         bucket.blob(f"intent/{name}").upload_from_string(data)
     folder = fetch_adapter(AdapterSpec(source="gs://adapters/intent"), tmp_path)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == FILES
+
+
+def test_usage_log_segments_reach_s3_and_read_back_with_the_key(s3, tmp_path: Path) -> None:
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket="usage")
+    private, public = generate_key_pair(tmp_path / "keys")
+    settings = UsageLogSpec(public_key=public, destination="s3://usage/fleet-a", segment_max_age_s=0.3)
+    log = UsageLog(settings, "router-a", home=tmp_path)
+    log.record({"model": "big", "specialist": None, "pipeline": None, "escalation_reason": None, "error": None})
+    time.sleep(1.0)  # the first segment closes at its age and is uploaded
+    log.record({"model": "big", "specialist": "s", "pipeline": None, "escalation_reason": None, "error": None})
+    log.close()
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="usage")["Contents"]]
+    assert len(keys) == 2 and all(k.startswith("fleet-a/router-a/") and k.endswith(".slog") for k in keys)
+    assert not list((tmp_path / "usage-log-staging" / "router-a").iterdir())  # uploaded copies are deleted
+    summary = summarize_log("s3://usage/fleet-a", tmp_path / "read", private)
+    assert (summary["streams"], summary["segments"], summary["records"]) == (1, 2, 2)

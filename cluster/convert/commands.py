@@ -1,0 +1,168 @@
+"""``slmfleet convert <stage>``: the conversion loop's command line (so far S1, the key pair and the log's summary, and
+S2, curation).
+
+``inspect`` without a key says what anyone may know of the log (streams, segments, sizes, which key seals them);
+with the private key it adds counts and cost per model, specialist, pipeline and escalation reason, never a
+record's content: content leaves the log only through curation, after PII is removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cluster.convert.usage_scope import is_object_store, log_destination
+from cluster.spec import load_spec
+
+EXIT_USAGE = 2
+
+
+def add_convert_commands(sub: Any, add_spec_argument: Callable[[argparse.ArgumentParser], None]) -> None:
+    """``convert keygen`` and ``convert inspect`` under the main parser's subcommands."""
+    convert = sub.add_parser("convert", help="the conversion loop: from logged LLM-tier calls to LoRA specialists")
+    stages = convert.add_subparsers(dest="stage", required=True)
+
+    keygen = stages.add_parser("keygen", help="make the usage log's key pair (the spec gets the public key)")
+    keygen.add_argument("--out", required=True, type=Path, help="folder for usage-log.key (private) and .pub")
+    keygen.set_defaults(func=_cmd_keygen)
+
+    inspect = stages.add_parser("inspect", help="summarize the spec's usage log (counts only, never content)")
+    add_spec_argument(inspect)
+    inspect.add_argument("--key", type=Path, default=None, help="the private key: adds record counts and cost")
+    inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
+    inspect.set_defaults(func=_cmd_inspect)
+
+    curate = stages.add_parser("curate", help="S2: the log's examples with PII removed, failures and repeats dropped")
+    add_spec_argument(curate)
+    curate.add_argument("--key", type=Path, required=True, help="the usage log's private key")
+    curate.add_argument("--out", type=Path, required=True, help="folder for curated.jsonl and curation-report.json")
+    curate.set_defaults(func=_cmd_curate)
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from cluster.convert.sealed_log import SealedLogError, generate_key_pair
+
+    try:
+        private_path, public = generate_key_pair(args.out)
+    except SealedLogError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"private key: {private_path} (keep it off the serving nodes: whoever holds it reads the log)")
+    print("add to the fleet spec:\n")
+    print(f"usage_log:\n  public_key: {public}")
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from cluster.convert.sealed_log import SealedLogError
+
+    spec = load_spec(args.spec)
+    if spec.usage_log is None:
+        print(f"error: {args.spec} has no usage_log", file=sys.stderr)
+        return EXIT_USAGE
+    destination = log_destination(spec.usage_log)
+    with tempfile.TemporaryDirectory(prefix="slmfleet-usage-") as scratch:
+        try:
+            summary = summarize_log(destination, Path(scratch), args.key)
+        except SealedLogError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    if args.json:
+        print(json.dumps(summary, indent=2, sort_keys=True))
+    else:
+        _print_summary(summary)
+    return 0
+
+
+def _cmd_curate(args: argparse.Namespace) -> int:
+    from cluster.convert.curate import curate, write_curated
+    from cluster.convert.pii import PiiScrubber
+    from cluster.convert.sealed_log import SealedLogError, load_private_key, read_segment
+
+    spec = load_spec(args.spec)
+    if spec.usage_log is None:
+        print(f"error: {args.spec} has no usage_log", file=sys.stderr)
+        return EXIT_USAGE
+    with tempfile.TemporaryDirectory(prefix="slmfleet-usage-") as scratch:
+        try:
+            private = load_private_key(args.key)
+            paths = local_segments(log_destination(spec.usage_log), Path(scratch))
+            records = (record for path in paths for record in read_segment(path, private))
+            examples, report = curate(records, PiiScrubber())
+        except SealedLogError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    write_curated(args.out, examples, report)
+    summary = report.as_dict()
+    print(f"curated {summary['kept']} of {summary['read']} records into {args.out}")
+    print(f"  dropped: {summary['dropped'] or 'none'}; PII removed: {summary['pii_removed'] or 'none'}")
+    return 0
+
+
+def local_segments(destination: str, scratch: Path) -> list[Path]:
+    """The log's segments as local files: the folder's own, or downloaded from object storage into ``scratch``."""
+    from cluster.convert.sealed_log import segment_paths
+    from cluster.object_store import ObjectStoreError, download_prefix
+
+    if not is_object_store(destination):
+        return segment_paths(Path(destination))
+    try:
+        download_prefix(destination, scratch)
+    except ObjectStoreError as exc:
+        if str(exc).startswith("no objects under"):
+            return []
+        raise
+    return segment_paths(scratch)
+
+
+def summarize_log(destination: str, scratch: Path, key: Path | None) -> dict[str, Any]:
+    """Streams, segments and frames (no key needed); with ``key``: records, cost and counts by kind."""
+    from cluster.convert.sealed_log import load_private_key, read_segment, summarize_segment
+
+    paths = local_segments(destination, scratch)
+    segments = [summarize_segment(path) for path in paths]
+    summary: dict[str, Any] = {
+        "destination": destination,
+        "streams": len({s.stream for s in segments}),
+        "segments": len(segments),
+        "frames": sum(s.frames for s in segments),
+        "bytes": sum(path.stat().st_size for path in paths),
+        "truncated_tails": sum(s.truncated_tail for s in segments),
+        "sealed_to": sorted({s.recipient for s in segments}),
+    }
+    if key is None:
+        return summary
+    private = load_private_key(key)
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    cost = 0.0
+    for path in paths:
+        for record in read_segment(path, private):
+            for kind in ("model", "specialist", "pipeline", "escalation_reason", "error"):
+                counts[kind][record.get(kind) or "-"] += 1
+            cost += record.get("cost") or 0.0
+    summary["records"] = sum(counts["model"].values())
+    summary["cost"] = round(cost, 6)
+    summary["by"] = {kind: dict(counter) for kind, counter in counts.items()}
+    return summary
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    print(f"usage log at {summary['destination']}")
+    print(
+        f"  {summary['streams']} streams, {summary['segments']} segments, {summary['frames']} frames, "
+        f"{summary['bytes']} bytes, sealed to {', '.join(summary['sealed_to']) or '-'}"
+    )
+    if summary["truncated_tails"]:
+        print(f"  {summary['truncated_tails']} segments end in a partial frame (a writer stopped mid-write)")
+    if "records" not in summary:
+        print("  (give --key for record counts)")
+        return
+    print(f"  {summary['records']} records, cost {summary['cost']}")
+    for kind, counter in summary["by"].items():
+        print(f"  by {kind}: " + ", ".join(f"{name} {n}" for name, n in sorted(counter.items())))
