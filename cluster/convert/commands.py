@@ -39,10 +39,16 @@ def add_convert_commands(sub: Any, add_spec_argument: Callable[[argparse.Argumen
     inspect.set_defaults(func=_cmd_inspect)
 
     curate = stages.add_parser("curate", help="S2: the log's examples with PII removed, failures and repeats dropped")
-    add_spec_argument(curate)
-    curate.add_argument("--key", type=Path, required=True, help="the usage log's private key")
-    curate.add_argument("--out", type=Path, required=True, help="folder for curated.jsonl and curation-report.json")
-    curate.set_defaults(func=_cmd_curate)
+    discover = stages.add_parser("discover", help="S3: cluster the curated examples into tasks; writes tasks.yaml")
+    run = stages.add_parser("run", help="every stage in order: curate, discover")
+    for command, func in ((curate, _cmd_curate), (discover, _cmd_discover), (run, _cmd_run)):
+        add_spec_argument(command)
+        command.add_argument(
+            "--work", type=Path, default=None, help="the loop's folder (default: $SLMFLEET_HOME/convert)"
+        )
+        if command is not discover:
+            command.add_argument("--key", type=Path, required=True, help="the usage log's private key")
+        command.set_defaults(func=func)
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
@@ -80,6 +86,12 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _work(args: argparse.Namespace) -> Path:
+    from cluster.model_store import slmfleet_home
+
+    return args.work or slmfleet_home() / "convert"
+
+
 def _cmd_curate(args: argparse.Namespace) -> int:
     from cluster.convert.curate import curate, write_curated
     from cluster.convert.pii import PiiScrubber
@@ -98,10 +110,40 @@ def _cmd_curate(args: argparse.Namespace) -> int:
         except SealedLogError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
-    write_curated(args.out, examples, report)
+    write_curated(_work(args), examples, report)
     summary = report.as_dict()
-    print(f"curated {summary['kept']} of {summary['read']} records into {args.out}")
+    print(f"curated {summary['kept']} of {summary['read']} records into {_work(args)}")
     print(f"  dropped: {summary['dropped'] or 'none'}; PII removed: {summary['pii_removed'] or 'none'}")
+    return 0
+
+
+def _cmd_discover(args: argparse.Namespace) -> int:
+    from cluster.convert.curate import CURATED_FILE, read_curated
+    from cluster.convert.discover import REVIEW_FILE, DiscoverySettings, discover, write_discovery
+    from cluster.convert.embed import EMBEDDING_MODEL, Embedder, task_text
+
+    work = _work(args)
+    if not (work / CURATED_FILE).is_file():
+        print(f"error: no {CURATED_FILE} in {work}; run 'slmfleet convert curate' first", file=sys.stderr)
+        return EXIT_USAGE
+    examples = list(read_curated(work))
+    texts = [task_text(example) for example in examples]
+    settings = DiscoverySettings()
+    found = discover(texts, [e["request_id"] for e in examples], Embedder().embed(texts), settings)
+    write_discovery(work, found, settings, EMBEDDING_MODEL)
+    print(f"{len(found['tasks'])} tasks in {len(examples)} examples ({len(found['unclustered'])} unclustered):")
+    for task in found["tasks"]:
+        print(f"  {task['id']}: {task['name']} ({task['size']} examples), e.g. {task['typical'][0][:80]!r}")
+    print(f"review them in {work / REVIEW_FILE} (accept, rename or reject), then run the next stage")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    """The stages in order, each on the previous one's files; the first that fails stops the run."""
+    for stage in (_cmd_curate, _cmd_discover):
+        status = stage(args)
+        if status != 0:
+            return status
     return 0
 
 

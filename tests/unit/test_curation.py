@@ -98,7 +98,7 @@ def test_curate_command_reads_the_sealed_log_and_writes_only_scrubbed_files(tmp_
     spec.write_text(json.dumps({**FLEET, "usage_log": {"public_key": public, "destination": str(tmp_path / "log")}}))
     out = tmp_path / "curated"
     command = ["convert", "curate", "--spec", str(spec), "--key", str(tmp_path / "k" / "usage-log.key")]
-    assert main([*command, "--out", str(out)]) == 0
+    assert main([*command, "--work", str(out)]) == 0
     assert "curated 3 of 6 records" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == sorted([CURATED_FILE, REPORT_FILE])
     written = "".join(p.read_text() for p in Path(out).iterdir())
