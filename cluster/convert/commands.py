@@ -24,7 +24,7 @@ EXIT_USAGE = 2
 
 
 def add_convert_commands(sub: Any, add_spec_argument: Callable[[argparse.ArgumentParser], None]) -> None:
-    """``convert keygen`` and ``convert inspect`` under the main parser's subcommands."""
+    """``convert keygen``, ``convert inspect`` and one command per stage under the main parser's subcommands."""
     convert = sub.add_parser("convert", help="the conversion loop: from logged LLM-tier calls to LoRA specialists")
     stages = convert.add_subparsers(dest="stage", required=True)
 
@@ -38,17 +38,38 @@ def add_convert_commands(sub: Any, add_spec_argument: Callable[[argparse.Argumen
     inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
     inspect.set_defaults(func=_cmd_inspect)
 
-    curate = stages.add_parser("curate", help="S2: the log's examples with PII removed, failures and repeats dropped")
-    discover = stages.add_parser("discover", help="S3: cluster the curated examples into tasks; writes tasks.yaml")
-    run = stages.add_parser("run", help="every stage in order: curate, discover")
-    for command, func in ((curate, _cmd_curate), (discover, _cmd_discover), (run, _cmd_run)):
+    helps = {
+        "curate": "S2: the log's examples with PII removed, failures and repeats dropped",
+        "discover": "S3: cluster the curated examples into tasks; writes tasks.yaml for review",
+        "choose": "S4: score the fleet's SLMs on each accepted task; serve as is, or train",
+        "train": "S5: a LoRA adapter per task to train (locally, or as a Ray task with --address)",
+        "gate": "S6: register each adapter on the fleet, keep it only if it beats its base on held-out",
+        "run": "every stage in order (without --url: curate and discover only)",
+    }
+    for name, what in helps.items():
+        command = stages.add_parser(name, help=what)
         add_spec_argument(command)
         command.add_argument(
-            "--work", type=Path, default=None, help="the loop's folder (default: $SLMFLEET_HOME/convert)"
+            "--work", type=Path, default=None, help="the loop's folder (default $SLMFLEET_HOME/convert)"
         )
-        if command is not discover:
-            command.add_argument("--key", type=Path, required=True, help="the usage log's private key")
-        command.set_defaults(func=func)
+        _stage_options(name, command)
+        command.set_defaults(func=STAGES[name])
+
+
+def _stage_options(name: str, command: argparse.ArgumentParser) -> None:
+    if name in ("curate", "run"):
+        command.add_argument("--key", type=Path, required=True, help="the usage log's private key")
+    if name in ("choose", "gate", "run"):
+        command.add_argument(
+            "--url", required=name != "run", help="the fleet's HTTP address (e.g. http://127.0.0.1:8000)"
+        )
+        command.add_argument("--api-key-env", default=None, help="environment variable with an admin-scoped API key")
+    if name in ("train", "run"):
+        command.add_argument("--address", default=None, help="train as a Ray task on this cluster (default: here)")
+        command.add_argument("--gpus", type=float, default=0, help="GPUs for the Ray training task")
+        command.add_argument("--steps", type=int, default=None, help="training steps (default: by device)")
+    if name in ("gate", "run"):
+        command.add_argument("--adapter-store", default=None, help="s3:// or gs:// prefix the replicas fetch from")
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
@@ -86,7 +107,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _work(args: argparse.Namespace) -> Path:
+def work_folder(args: argparse.Namespace) -> Path:
     from cluster.model_store import slmfleet_home
 
     return args.work or slmfleet_home() / "convert"
@@ -110,9 +131,9 @@ def _cmd_curate(args: argparse.Namespace) -> int:
         except SealedLogError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
-    write_curated(_work(args), examples, report)
+    write_curated(work_folder(args), examples, report)
     summary = report.as_dict()
-    print(f"curated {summary['kept']} of {summary['read']} records into {_work(args)}")
+    print(f"curated {summary['kept']} of {summary['read']} records into {work_folder(args)}")
     print(f"  dropped: {summary['dropped'] or 'none'}; PII removed: {summary['pii_removed'] or 'none'}")
     return 0
 
@@ -122,7 +143,7 @@ def _cmd_discover(args: argparse.Namespace) -> int:
     from cluster.convert.discover import REVIEW_FILE, DiscoverySettings, discover, write_discovery
     from cluster.convert.embed import EMBEDDING_MODEL, Embedder, task_text
 
-    work = _work(args)
+    work = work_folder(args)
     if not (work / CURATED_FILE).is_file():
         print(f"error: no {CURATED_FILE} in {work}; run 'slmfleet convert curate' first", file=sys.stderr)
         return EXIT_USAGE
@@ -140,7 +161,12 @@ def _cmd_discover(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     """The stages in order, each on the previous one's files; the first that fails stops the run."""
-    for stage in (_cmd_curate, _cmd_discover):
+    from cluster.convert import fleet_stages
+
+    stages = [_cmd_curate, _cmd_discover]
+    if args.url:
+        stages += [fleet_stages.cmd_choose, fleet_stages.cmd_train, fleet_stages.cmd_gate]
+    for stage in stages:
         status = stage(args)
         if status != 0:
             return status
@@ -208,3 +234,22 @@ def _print_summary(summary: dict[str, Any]) -> None:
     print(f"  {summary['records']} records, cost {summary['cost']}")
     for kind, counter in summary["by"].items():
         print(f"  by {kind}: " + ", ".join(f"{name} {n}" for name, n in sorted(counter.items())))
+
+
+def _fleet_stage(name: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        from cluster.convert import fleet_stages
+
+        return int(getattr(fleet_stages, f"cmd_{name}")(args))
+
+    return run
+
+
+STAGES: dict[str, Callable[[argparse.Namespace], int]] = {
+    "curate": _cmd_curate,
+    "discover": _cmd_discover,
+    "choose": _fleet_stage("choose"),
+    "train": _fleet_stage("train"),
+    "gate": _fleet_stage("gate"),
+    "run": _cmd_run,
+}
