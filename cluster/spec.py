@@ -380,6 +380,21 @@ class UsageLogSpec(StrictModel):
         )
 
 
+class ConversionSpec(StrictModel):
+    """How promoted tasks move from the LLM tier to their specialists (see ``cluster/convert/promotion.py``)."""
+
+    promote_after: int = Field(
+        20, ge=1, description="shadow samples (LLM answers, specialist compared) before a promotion goes live"
+    )
+    min_agreement: float = Field(0.9, gt=0, le=1, description="share of samples where the specialist agrees")
+    min_validity: float = Field(1.0, gt=0, le=1, description="share of samples where its answer meets the contract")
+    shadow_rate: float = Field(
+        0.1, ge=0, le=1, description="share of a live promotion's calls also sent to the LLM to keep measuring"
+    )
+    min_samples_for_rollback: int = Field(10, ge=1, description="samples in a live promotion before it may roll back")
+    stats_window_s: float = Field(86400.0, gt=0, description="agreement is counted over windows this long")
+
+
 def is_loopback(host: str) -> bool:
     """Whether ``host`` keeps the router on this machine (anything else exposes it, and needs keys)."""
     if host == "localhost":
@@ -402,6 +417,7 @@ class FleetSpec(StrictModel):
     usage_log: UsageLogSpec | None = Field(
         None, description="where the router records opted-in LLM-tier calls for the conversion loop"
     )
+    conversion: ConversionSpec = ConversionSpec()
 
     def served_names(self) -> list[str]:
         """Every name a request's ``model`` field may carry."""

@@ -209,9 +209,12 @@ def runtime_entries(state: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
 
 
 def _describe(value: Any) -> str:
-    """A registration in a few words: its own ``description`` when it has one, else its JSON."""
+    """A registration in a few words: its own ``description`` when it has one, a promotion's task and phase, else
+    its JSON."""
     if isinstance(value, Mapping) and isinstance(value.get("description"), str):
         return value["description"]
+    if isinstance(value, Mapping) and {"task", "specialist", "model", "phase"} <= value.keys():
+        return f"'{value['specialist']}' takes {value['model']}'s '{value['task']}' calls ({value['phase']})"
     return json.dumps(value, sort_keys=True, default=str)
 
 

@@ -44,6 +44,7 @@ def add_convert_commands(sub: Any, add_spec_argument: Callable[[argparse.Argumen
         "choose": "S4: score the fleet's SLMs on each accepted task; serve as is, or train",
         "train": "S5: a LoRA adapter per task to train (locally, or as a Ray task with --address)",
         "gate": "S6: register each adapter on the fleet, keep it only if it beats its base on held-out",
+        "promote": "S6: each kept adapter takes its task's LLM-tier calls (shadow first, live once it agrees)",
         "run": "every stage in order (without --url: curate and discover only)",
     }
     for name, what in helps.items():
@@ -59,7 +60,7 @@ def add_convert_commands(sub: Any, add_spec_argument: Callable[[argparse.Argumen
 def _stage_options(name: str, command: argparse.ArgumentParser) -> None:
     if name in ("curate", "run"):
         command.add_argument("--key", type=Path, required=True, help="the usage log's private key")
-    if name in ("choose", "gate", "run"):
+    if name in ("choose", "gate", "promote", "run"):
         command.add_argument(
             "--url", required=name != "run", help="the fleet's HTTP address (e.g. http://127.0.0.1:8000)"
         )
@@ -165,7 +166,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     stages = [_cmd_curate, _cmd_discover]
     if args.url:
-        stages += [fleet_stages.cmd_choose, fleet_stages.cmd_train, fleet_stages.cmd_gate]
+        stages += [fleet_stages.cmd_choose, fleet_stages.cmd_train, fleet_stages.cmd_gate, fleet_stages.cmd_promote]
     for stage in stages:
         status = stage(args)
         if status != 0:
@@ -251,5 +252,6 @@ STAGES: dict[str, Callable[[argparse.Namespace], int]] = {
     "choose": _fleet_stage("choose"),
     "train": _fleet_stage("train"),
     "gate": _fleet_stage("gate"),
+    "promote": _fleet_stage("promote"),
     "run": _cmd_run,
 }

@@ -102,3 +102,40 @@ def cmd_gate(args: argparse.Namespace) -> int:
         print(f"{decision['name']}: adapter {verdict['adapter_score']} vs base {verdict['base']}: {fate}")
     (work / GATE_FILE).write_text(json.dumps({"adapters": verdicts}, indent=2) + "\n")
     return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    """Each adapter the gate kept becomes a shadow promotion of its task on the fleet (live once it agrees)."""
+    from collections import Counter
+
+    from cluster.convert.embed import EMBEDDING_MODEL, Embedder, task_text
+    from cluster.convert.gate import GATE_FILE, AdminClient, GateError
+    from cluster.convert.promotion import promotion_for
+
+    work = work_folder(args)
+    kept = [v for v in json.loads((work / GATE_FILE).read_text())["adapters"] if v["kept"]]
+    examples = {e["request_id"]: e for e in read_curated(work)}
+    tasks = {t["name"]: t for t in accepted_tasks(work)}
+    admin = AdminClient(args.url.rstrip("/"), os.environ.get(args.api_key_env) if args.api_key_env else None)
+    embedder = Embedder()
+    for verdict in kept:
+        members = set(tasks[verdict["name"]]["members"]) & examples.keys()
+        own = [examples[r] for r in sorted(members)]
+        others = [e for r, e in examples.items() if r not in members]
+        model = Counter(e["model"] for e in own).most_common(1)[0][0]
+        promotion = promotion_for(
+            verdict["name"],
+            verdict["name"],
+            model,
+            own=embedder.embed([task_text(e) for e in own]),
+            others=embedder.embed([task_text(e) for e in others]),
+            embedding_model=EMBEDDING_MODEL,
+        )
+        try:
+            admin.promote(promotion.task, promotion.model_dump())
+        except GateError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"{promotion.task}: {model}'s calls at similarity >= {promotion.min_similarity} go to "
+              f"{promotion.specialist} once shadow samples agree")  # fmt: skip
+    return 0

@@ -48,15 +48,19 @@ class AdminClient:
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
-    def register(self, name: str, specialist: dict[str, Any]) -> dict[str, Any]:
+    def _put(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         import httpx
 
-        reply = httpx.put(
-            f"{self.url}/admin/adapters/{name}", json=specialist, headers=self._headers(), timeout=self.timeout_s
-        )
+        reply = httpx.put(f"{self.url}{path}", json=body, headers=self._headers(), timeout=self.timeout_s)
         if not reply.is_success:
-            raise GateError(f"the fleet refused adapter '{name}' ({reply.status_code}): {reply.text[:300]}")
+            raise GateError(f"the fleet refused {path} ({reply.status_code}): {reply.text[:300]}")
         return reply.json()
+
+    def register(self, name: str, specialist: dict[str, Any]) -> dict[str, Any]:
+        return self._put(f"/admin/adapters/{name}", specialist)
+
+    def promote(self, task: str, promotion: dict[str, Any]) -> dict[str, Any]:
+        return self._put(f"/admin/promotions/{task}", promotion)
 
     def remove(self, name: str) -> None:
         import httpx

@@ -41,6 +41,8 @@ from deployments.router.openai_api import (
     retry_after_headers,
     validation_error_body,
 )
+from deployments.router.promotion_routes import PromotionAdmin, add_promotion_routes
+from deployments.router.promotions import PromotionRouting
 from deployments.router.responses_api import add_responses_routes
 
 OPEN_GATE = AuthGate()  # no keys: only ever on loopback (the gate refuses to start otherwise)
@@ -61,13 +63,16 @@ def build_api(
     budget: EscalationBudget | None = None,
     idempotent: IdempotentRuns | None = None,
     adapter_admin: AdapterAdmin | None = None,
+    promotions: PromotionRouting | None = None,
+    promotion_admin: PromotionAdmin | None = None,
 ) -> FastAPI:
     """The OpenAI-compatible app: chat completions, pipelines, model list, health; API keys enforced when given.
 
     ``prices`` is the router's live book (declared prices, or derived ones that follow measured throughput);
     ``on_escalation(name, reason)`` sees each chat call's escalation (the router's metrics count them);
     ``budget`` caps capacity escalations to the LLM tier; ``idempotent`` keeps keyed pipeline runs to one each;
-    ``adapter_admin`` backs the adapter registry's admin routes.
+    ``adapter_admin`` backs the adapter registry's admin routes; ``promotions`` routes the calls of promoted tasks
+    and ``promotion_admin`` backs their admin routes.
     """
     prices = prices or PriceBook.from_spec(spec)
     llm = llm_reference_model(spec)  # the counterfactual's model, fixed for the app's life
@@ -79,6 +84,8 @@ def build_api(
         add_pipeline_routes(app, runner, idempotent)
     if adapter_admin is not None:
         add_adapter_routes(app, adapter_admin)
+    if promotion_admin is not None:
+        add_promotion_routes(app, promotion_admin)
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -94,7 +101,9 @@ def build_api(
     async def list_models() -> dict[str, Any]:
         return {"object": "list", "data": model_cards(spec)}
 
-    chat = ChatEndpoint(spec, backend, prices, llm, runner, on_escalation=on_escalation, budget=budget)
+    chat = ChatEndpoint(
+        spec, backend, prices, llm, runner, on_escalation=on_escalation, budget=budget, promotions=promotions
+    )
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest) -> Response:

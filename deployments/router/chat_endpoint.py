@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any, Protocol
 
 from pydantic import ValidationError
 
 from cluster.cost import PriceBook
+from cluster.pipeline_spec import EscalationPolicy
 from cluster.spec import FleetSpec
 from deployments.pipeline.routes import PIPELINE_PREFIX, pipeline_chat, pipeline_chunks
 from deployments.pipeline.runner import PipelineRunner
@@ -29,6 +31,7 @@ from deployments.router.openai_api import (
     usage,
     validation_error_body,
 )
+from deployments.router.promotions import Match, PromotionRouting
 from deployments.router.stream_guard import guarded
 
 Answer = tuple[int, dict[str, Any]]
@@ -74,8 +77,11 @@ class ChatEndpoint:
         *,
         on_escalation: Callable[[str, str], None] | None = None,
         budget: EscalationBudget | None = None,
+        promotions: PromotionRouting | None = None,
     ) -> None:
+        """``promotions``: tasks promoted from the LLM tier to specialists (calls that match are routed to them)."""
         self.spec, self.backend, self.llm, self.runner = spec, backend, llm, runner
+        self.promotions = promotions
         timeout_s = spec.server.request_timeout_s
         self.caller = ChatCaller(
             spec, backend.complete, prices, timeout_s, on_escalation, cold_start=backend.cold_start, budget=budget
@@ -98,6 +104,19 @@ class ChatEndpoint:
         message = f"The model '{name}' does not exist. Served: {known}"
         return 404, error_body(message, "invalid_request_error", "model_not_found", "model")
 
+    async def _promoted(self, chat: ChatTarget, body: ChatCompletionRequest) -> tuple[ChatTarget, Match | None]:
+        """The target after promotions: a call to an LLM-tier model whose task a live promotion took over goes to
+        that task's specialist, with the LLM as its escalation target (the safety net)."""
+        if self.promotions is None or chat.specialist is not None or body.n != 1:
+            return chat, None
+        match = await self.promotions.match(chat.model, body.to_generation(None))
+        if match is None or match.promotion.phase != "live":
+            return chat, match
+        name = match.promotion.specialist
+        own = chat_target(self.spec, self.spec.specialists[name].model, name)
+        policy = own.policy if own.policy.to else EscalationPolicy(to=chat.model, reasons=["contract", "unavailable"])
+        return replace(own, policy=policy, can_escalate=True), match
+
     async def complete(self, body: ChatCompletionRequest) -> Answer:
         """A whole answer: ``n`` choices, each judged by its policy (retried or escalated), or an error."""
         if body.model.startswith(PIPELINE_PREFIX):
@@ -105,12 +124,17 @@ class ChatEndpoint:
         chat = self._target(body)
         if isinstance(chat, tuple):
             return chat
+        chat, match = await self._promoted(chat, body)
         requests = [body.to_generation(chat.specialist, i) for i in range(body.n)]
         outcomes = await asyncio.gather(*(self.caller.answer(chat, r) for r in requests))
         failed = next((o for o in outcomes if o.error is not None), None)
         if failed is not None:
             return generation_error(failed.error)  # type: ignore[arg-type]
         report = self.caller.report(list(outcomes), self.llm)
+        if match is not None and self.promotions is not None:
+            report["promotion"] = match.label()
+            if self.promotions.wants_sample(match) and not outcomes[0].escalations:
+                self.promotions.sample(match, body.to_generation(None), outcomes[0].result)
         return 200, completion_body(requests[0].request_id, body.model, [o.result for o in outcomes], report)
 
     async def _first_item(
@@ -141,6 +165,7 @@ class ChatEndpoint:
         chat = self._target(body)
         if isinstance(chat, tuple):
             return chat
+        chat, _ = await self._promoted(chat, body)  # streams are routed, not sampled
         request = body.to_generation(chat.specialist)
         report: dict[str, Any] | None = None
         whole = needs_whole_answer(chat, request, self.caller.contract(chat, request))

@@ -41,6 +41,8 @@ from deployments.router.api import build_api
 from deployments.router.auth_gate import CALLER_PRIORITY, AuthGate, gate_for
 from deployments.router.escalation_budget import EscalationBudget, budget_from_spec
 from deployments.router.fleet_health import ServeDetailsCache, fleet_health, model_health
+from deployments.router.promotion_routes import PromotionAdmin
+from deployments.router.promotions import PROMOTIONS_NAMESPACE, PromotionRouting, TaskMatcher, promotions_from
 from deployments.router.refusal_memo import RefusalMemo
 from deployments.router.usage_log import UsageLog, UsageRecorder, stream_name
 
@@ -289,18 +291,24 @@ class RouterState:
     runner: PipelineRunner
     gate: AuthGate
     budget: EscalationBudget
+    promotions: PromotionRouting
+    promotions_set_aside: dict[str, str]
 
 
 def router_state(
     config: dict[str, Any],
     metrics: FleetMetrics,
     shared: FleetState | None = None,
+    *,
     registered: dict[str, Any] | None = None,
     usage_log_for: Callable[[UsageLogSpec | None], UsageLog | None] | None = None,
+    promoted: dict[str, Any] | None = None,
+    matcher: TaskMatcher | None = None,
 ) -> RouterState:
     """The router's state from its ``user_config`` (``{spec, replica_per_hour}``) and the adapter registry's
     entries; a bad spec raises SpecError. ``shared`` is the fleet's shared store, where the LLM tier's budget is
-    counted. ``usage_log_for(settings)`` gives the replica's usage-log writer for the spec's settings."""
+    counted. ``usage_log_for(settings)`` gives the replica's usage-log writer for the spec's settings; ``promoted`` are
+    the promotions' entries, matched with the replica's ``matcher``."""
     base_spec = parse_spec(config.get("spec"), "<router user_config: spec>")
     spec, set_aside = with_registered(base_spec, registered or {})
     for name, reason in set_aside.items():
@@ -331,7 +339,11 @@ def router_state(
         consume=shared.consume if shared is not None else None,
         leases=(shared.acquire, shared.release) if shared is not None else None,
     )
-    return RouterState(spec, base_spec, set_aside, prices, backend, runner, gate, budget)
+    promotions, promotions_set_aside = promotions_from(spec, promoted or {})
+    for name, reason in promotions_set_aside.items():
+        log.warning("promotion %s set aside: %s", name, reason)
+    routing = PromotionRouting(promotions, matcher or TaskMatcher(), shared, spec, backend.complete)
+    return RouterState(spec, base_spec, set_aside, prices, backend, runner, gate, budget, routing, promotions_set_aside)
 
 
 @serve.ingress()
@@ -350,14 +362,25 @@ class Router:
         self.registered: dict[str, Any] = {}
         self.registry_read_at = float("-inf")
         self.usage_log: UsageLog | None = None  # this replica's writer, kept while the spec's settings stay
+        self.promoted: dict[str, Any] = {}
+        self.matcher = TaskMatcher()  # the replica's embedding model, loaded when the first promotion appears
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Called by Serve at start and whenever the deployment's user_config changes."""
-        self._rebuild(config, self.registered)
+        self._rebuild(config, self.registered, self.promoted)
 
-    def _rebuild(self, config: dict[str, Any], registered: dict[str, Any]) -> None:
-        """A new state and app from a spec and the registry's entries; requests in flight keep the old ones."""
-        state = router_state(config, self.metrics, self.shared_state, registered, self._usage_log_for)
+    def _rebuild(self, config: dict[str, Any], registered: dict[str, Any], promoted: dict[str, Any]) -> None:
+        """A new state and app from a spec and the registry's and promotions' entries; requests in flight keep the
+        old ones."""
+        state = router_state(
+            config,
+            self.metrics,
+            self.shared_state,
+            registered=registered,
+            usage_log_for=self._usage_log_for,
+            promoted=promoted,
+            matcher=self.matcher,
+        )
         self.swappable.current = build_api(
             state.spec,
             state.backend,
@@ -368,8 +391,10 @@ class Router:
             budget=state.budget,
             idempotent=IdempotentRuns(self.shared_state, state.spec.server.idempotency_ttl_s),
             adapter_admin=self._adapter_admin(state),
+            promotions=state.promotions,
+            promotion_admin=self._promotion_admin(state),
         )
-        self.state, self.config, self.registered = state, config, registered
+        self.state, self.config, self.registered, self.promoted = state, config, registered, promoted
         log.info("router reconfigured: %d models, %d specialists, %d pipelines", *_sizes(state.spec))
 
     def _usage_log_for(self, settings: UsageLogSpec | None) -> UsageLog | None:
@@ -398,11 +423,12 @@ class Router:
         self.registry_read_at = now
         try:
             entries = await self.shared_state.items(REGISTRY_NAMESPACE)
+            promoted = await self.shared_state.items(PROMOTIONS_NAMESPACE)
         except Exception as exc:
-            log.warning("adapter registry unreachable, serving the last copy: %r", exc)
+            log.warning("adapter registry or promotions unreachable, serving the last copy: %r", exc)
             return
-        if entries != self.registered and self.config:
-            self._rebuild(self.config, entries)
+        if (entries != self.registered or promoted != self.promoted) and self.config:
+            self._rebuild(self.config, entries, promoted)
 
     def _adapter_admin(self, state: RouterState) -> AdapterAdmin:
         shared = self.shared_state
@@ -418,6 +444,21 @@ class Router:
             put=put,
             delete=lambda name: shared.delete(REGISTRY_NAMESPACE, name),
             probe=state.backend.probe_adapter,
+            refresh=lambda: self._refresh_registry(force=True),
+        )
+
+    def _promotion_admin(self, state: RouterState) -> PromotionAdmin:
+        shared = self.shared_state
+
+        async def put(name: str, entry: dict[str, Any]) -> None:
+            await shared.put(PROMOTIONS_NAMESPACE, name, entry)
+
+        return PromotionAdmin(
+            served_spec=lambda: state.spec,
+            set_aside=lambda: state.promotions_set_aside,
+            entries=lambda: shared.items(PROMOTIONS_NAMESPACE),
+            put=put,
+            delete=lambda name: shared.delete(PROMOTIONS_NAMESPACE, name),
             refresh=lambda: self._refresh_registry(force=True),
         )
 

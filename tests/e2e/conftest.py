@@ -37,7 +37,8 @@ def e2e_spec(path: Path, gate_url: str, adapters: dict[str, Path]) -> Path:
     zero replicas, back to zero after 10 idle seconds), with ``extract-cold``, the extract specialist on it; and
     ``gated-failover``, classify and reply on smol with a test-controlled tool step (``gate``) between them. smol
     has LoRA slots, and ``tuned-a``/``tuned-b`` are adapter specialists on it (``adapters`` made by peft). The usage
-    log records ``intent-unsure``'s and ``triage-always-escalate``'s calls that reach the LLM tier."""
+    log records ``intent-unsure``'s and ``triage-always-escalate``'s calls that reach the LLM tier; promotions move
+    fast (``conversion``)."""
     spec = yaml.safe_load((ROOT / "fleet.yaml").read_text())
     # 4 slots: at max_loras 2, two adapters and the base batched together changed answers (vLLM 0.32 CPU, measured)
     spec["models"]["smol"]["lora"] = {"max_loras": 4, "max_lora_rank": 8, "max_cpu_loras": 4}
@@ -71,6 +72,9 @@ def e2e_spec(path: Path, gate_url: str, adapters: dict[str, Path]) -> Path:
     unsure["log_usage"] = demo["log_usage"] = True
     _, public_key, destination = usage_log_keys()
     spec["usage_log"] = {"public_key": public_key, "destination": str(destination)}
+    # promotions would go live after 3 agreeing shadow samples; live ones are not sampled (this LLM tier is the same
+    # small model, whose answers a good specialist would disagree with, and be rolled back for)
+    spec["conversion"] = {"promote_after": 3, "shadow_rate": 0.0}
     cold = copy.deepcopy(spec["models"]["smol"])
     cold["autoscaling"] = {"min_replicas": 0, "max_replicas": 1, "idle_delay_s": 10, "downscale_delay_s": 0}
     spec["models"]["cold"] = cold

@@ -36,6 +36,12 @@ class InProcessStore:
     async def delete(self, ns, key):
         return self.core.delete(ns, key)
 
+    async def get(self, ns, key):
+        return self.core.get(ns, key)
+
+    async def items(self, ns):
+        return self.core.items(ns)
+
     async def consume(self, ns, key, amount, limit, window_s):
         self._check()
         return self.core.consume(ns, key, amount, limit, window_s)
