@@ -12,12 +12,11 @@ import argparse
 import json
 import sys
 import tempfile
-from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cluster.convert.usage_scope import is_object_store, log_destination
+from cluster.convert.usage_scope import log_destination
 from cluster.spec import load_spec
 
 EXIT_USAGE = 2
@@ -71,6 +70,10 @@ def _stage_options(name: str, command: argparse.ArgumentParser) -> None:
         command.add_argument("--steps", type=int, default=None, help="training steps (default: by device)")
     if name in ("gate", "run"):
         command.add_argument("--adapter-store", default=None, help="s3:// or gs:// prefix the replicas fetch from")
+    if name == "promote":
+        command.add_argument(
+            "--phase", choices=["shadow", "live"], default="shadow", help="live: skip the shadow phase (trust the gate)"
+        )
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
@@ -88,13 +91,12 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
+    from cluster.convert.log_files import summarize_log
     from cluster.convert.sealed_log import SealedLogError
 
-    spec = load_spec(args.spec)
-    if spec.usage_log is None:
-        print(f"error: {args.spec} has no usage_log", file=sys.stderr)
+    destination = _log_destination(args)
+    if destination is None:
         return EXIT_USAGE
-    destination = log_destination(spec.usage_log)
     with tempfile.TemporaryDirectory(prefix="slmfleet-usage-") as scratch:
         try:
             summary = summarize_log(destination, Path(scratch), args.key)
@@ -108,6 +110,15 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _log_destination(args: argparse.Namespace) -> str | None:
+    """Where the spec's usage log is (None, reported, when the spec has none)."""
+    spec = load_spec(args.spec)
+    if spec.usage_log is None:
+        print(f"error: {args.spec} has no usage_log section", file=sys.stderr)
+        return None
+    return log_destination(spec.usage_log)
+
+
 def work_folder(args: argparse.Namespace) -> Path:
     from cluster.model_store import slmfleet_home
 
@@ -116,18 +127,16 @@ def work_folder(args: argparse.Namespace) -> Path:
 
 def _cmd_curate(args: argparse.Namespace) -> int:
     from cluster.convert.curate import curate, write_curated
+    from cluster.convert.log_files import read_records
     from cluster.convert.pii import PiiScrubber
-    from cluster.convert.sealed_log import SealedLogError, load_private_key, read_segment
+    from cluster.convert.sealed_log import SealedLogError, load_private_key
 
-    spec = load_spec(args.spec)
-    if spec.usage_log is None:
-        print(f"error: {args.spec} has no usage_log", file=sys.stderr)
+    destination = _log_destination(args)
+    if destination is None:
         return EXIT_USAGE
     with tempfile.TemporaryDirectory(prefix="slmfleet-usage-") as scratch:
         try:
-            private = load_private_key(args.key)
-            paths = local_segments(log_destination(spec.usage_log), Path(scratch))
-            records = (record for path in paths for record in read_segment(path, private))
+            records = read_records(destination, Path(scratch), load_private_key(args.key))
             examples, report = curate(records, PiiScrubber())
         except SealedLogError as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -172,53 +181,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if status != 0:
             return status
     return 0
-
-
-def local_segments(destination: str, scratch: Path) -> list[Path]:
-    """The log's segments as local files: the folder's own, or downloaded from object storage into ``scratch``."""
-    from cluster.convert.sealed_log import segment_paths
-    from cluster.object_store import ObjectStoreError, download_prefix
-
-    if not is_object_store(destination):
-        return segment_paths(Path(destination))
-    try:
-        download_prefix(destination, scratch)
-    except ObjectStoreError as exc:
-        if str(exc).startswith("no objects under"):
-            return []
-        raise
-    return segment_paths(scratch)
-
-
-def summarize_log(destination: str, scratch: Path, key: Path | None) -> dict[str, Any]:
-    """Streams, segments and frames (no key needed); with ``key``: records, cost and counts by kind."""
-    from cluster.convert.sealed_log import load_private_key, read_segment, summarize_segment
-
-    paths = local_segments(destination, scratch)
-    segments = [summarize_segment(path) for path in paths]
-    summary: dict[str, Any] = {
-        "destination": destination,
-        "streams": len({s.stream for s in segments}),
-        "segments": len(segments),
-        "frames": sum(s.frames for s in segments),
-        "bytes": sum(path.stat().st_size for path in paths),
-        "truncated_tails": sum(s.truncated_tail for s in segments),
-        "sealed_to": sorted({s.recipient for s in segments}),
-    }
-    if key is None:
-        return summary
-    private = load_private_key(key)
-    counts: dict[str, Counter[str]] = defaultdict(Counter)
-    cost = 0.0
-    for path in paths:
-        for record in read_segment(path, private):
-            for kind in ("model", "specialist", "pipeline", "escalation_reason", "error"):
-                counts[kind][record.get(kind) or "-"] += 1
-            cost += record.get("cost") or 0.0
-    summary["records"] = sum(counts["model"].values())
-    summary["cost"] = round(cost, 6)
-    summary["by"] = {kind: dict(counter) for kind, counter in counts.items()}
-    return summary
 
 
 def _print_summary(summary: dict[str, Any]) -> None:

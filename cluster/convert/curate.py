@@ -17,6 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from cluster.convert.evaluate import contract_view
 from cluster.convert.pii import PiiScrubber
 from cluster.escalation import check_output
 
@@ -48,11 +49,7 @@ def answer_problem(record: dict[str, Any]) -> str | None:
         finish_reason=record.get("finish_reason"),
         tool_calls=[SimpleNamespace(**call) for call in record.get("tool_calls") or []],
     )
-    check = check_output(
-        result,
-        SimpleNamespace(**{"json_schema": None, "choice": None, "regex": None, **contract}) if contract else None,
-        _ToolsView(tools) if tools else None,
-    )
+    check = check_output(result, contract_view(contract), _ToolsView(tools) if tools else None)
     return None if check.ok else "invalid"
 
 

@@ -30,13 +30,13 @@ class Score:
         return asdict(self)
 
 
-def _contract(example: dict[str, Any]) -> Any:
-    contract = example.get("contract")
+def contract_view(contract: dict[str, Any] | None) -> Any:
+    """A logged contract (``{json_schema, choice, regex}``, some unset) as the router's checks read contracts."""
     return SimpleNamespace(**{"json_schema": None, "choice": None, "regex": None, **contract}) if contract else None
 
 
 def is_valid(answer: str, example: dict[str, Any]) -> bool:
-    return check_contract(answer, "stop", _contract(example)).ok
+    return check_contract(answer, "stop", contract_view(example.get("contract"))).ok
 
 
 def _normal(text: str) -> str:

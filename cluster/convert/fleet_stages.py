@@ -130,12 +130,13 @@ def cmd_promote(args: argparse.Namespace) -> int:
             own=embedder.embed([task_text(e) for e in own]),
             others=embedder.embed([task_text(e) for e in others]),
             embedding_model=EMBEDDING_MODEL,
-        )
+        ).model_copy(update={"phase": getattr(args, "phase", "shadow")})
         try:
             admin.promote(promotion.task, promotion.model_dump())
         except GateError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
+        when = "now" if promotion.phase == "live" else "once shadow samples agree"
         print(f"{promotion.task}: {model}'s calls at similarity >= {promotion.min_similarity} go to "
-              f"{promotion.specialist} once shadow samples agree")  # fmt: skip
+              f"{promotion.specialist} {when}")  # fmt: skip
     return 0

@@ -7,6 +7,7 @@ is unregistered at once, so routing is as it was.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,7 +96,9 @@ def gate_adapter(
     }
     if contract:
         specialist["output"] = {k: v for k, v in contract.items() if v is not None}
-    admin.register(name, specialist)
+    started = time.perf_counter()
+    admin.register(name, specialist)  # the fleet loads and probes it on a replica before it answers
+    hot_load_s = time.perf_counter() - started
     base_score = evaluate(answerer(base), held_out)
     adapter_score = evaluate(answerer(name), held_out)
     kept = passes(adapter_score, base_score, decision["llm_validity"])
@@ -109,4 +112,5 @@ def gate_adapter(
         "base": base_score.as_dict(),
         "adapter_score": adapter_score.as_dict(),
         "llm_validity": decision["llm_validity"],
+        "hot_load_s": round(hot_load_s, 2),
     }

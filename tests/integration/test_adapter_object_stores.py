@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from cluster.adapter_files import AdapterFileError
-from cluster.convert.commands import summarize_log
+from cluster.convert.log_files import summarize_log
 from cluster.convert.sealed_log import generate_key_pair
 from cluster.spec import AdapterSpec, UsageLogSpec
 from deployments.model.adapters import fetch_adapter

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cluster.cli import main
-from cluster.convert.commands import summarize_log
+from cluster.convert.log_files import summarize_log
 from cluster.convert.sealed_log import (
     SealedLogError,
     SegmentWriter,

@@ -1,0 +1,167 @@
+"""The conversion loop end to end, through its own commands: time per stage, PII removed by kind, task discovery
+against the truth, held-out validity and agreement of the base SLM, the adapter and the LLM tier, hot-load time,
+and cost per call of each task before (LLM tier) and after promotion (its specialist).
+
+Run by hand: ``.venv/bin/python -m benchmarks.conversion [--per-task 40] [--train 1] [--steps 40]``.
+
+The fleet is smol (with LoRA slots) and big (the LLM tier), with a usage log. The LLM's calls are played by the
+traffic generator (``tests/conversion_traffic.py``), which knows each prompt's right answer: its records are built
+and written by the router's own code (``usage_record``, ``UsageLog``) into the sealed log, because this fleet's LLM
+tier is the bundled 135M model and would not answer well (extraction calls carry their JSON schema). ``--train``
+tasks are trained (the rest only scored) on this machine's CPU; promotions are put live directly (going live
+through shadow needs an LLM that agrees with a good specialist; see tests/unit/test_promotions.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import yaml
+
+from benchmarks.common import ROOT, running_fleet
+from cluster.cli import main as slmfleet
+from cluster.convert.sealed_log import generate_key_pair
+from cluster.cost import PriceBook
+from cluster.spec import load_spec
+from deployments.protocol import Contract, GenerationRequest, GenerationResult
+from deployments.router.usage_log import UsageLog, usage_record
+from tests.conversion_traffic import TASKS, TrafficGenerator
+
+
+def bench_spec(path: Path, public_key: str, log: Path) -> Path:
+    fleet = yaml.safe_load((ROOT / "fleet.yaml").read_text())
+    smol = {**fleet["models"]["smol"], "lora": {"max_loras": 4, "max_lora_rank": 8}}
+    spec = {
+        "models": {"smol": smol, "big": fleet["models"]["big"]},
+        "usage_log": {"public_key": public_key, "destination": str(log)},
+    }
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def seed_log(spec_path: Path, home: Path, per_task: int) -> tuple[dict[str, str], list[str]]:
+    """The generator's calls as the LLM tier's usage records, built and written by the router's own code; returns
+    each record's true task and the PII planted."""
+    spec = load_spec(spec_path)
+    assert spec.usage_log is not None
+    prices = PriceBook.from_spec(spec)
+    log = UsageLog(spec.usage_log, "bench-router", home=home)
+    truth, planted = {}, []
+    for i, p in enumerate(TrafficGenerator(seed=1).prompts(per_task)):
+        schema = (p.response_format or {}).get("json_schema", {}).get("schema")
+        request = GenerationRequest(f"b{i}", p.messages, contract=Contract(json_schema=schema) if schema else None)
+        tokens_in, tokens_out = len(p.messages[0]["content"]) // 4, len(p.answer) // 4 + 1
+        result = GenerationResult(
+            model="big", text=p.answer, finish_reason="stop", prompt_tokens=tokens_in, completion_tokens=tokens_out
+        )
+        log.record(usage_record("big", request, result, "", prices))
+        truth[f"b{i}"], planted = p.task, planted + p.pii
+    log.close()
+    return truth, planted
+
+
+def timed(label: str, argv: list[str], times: dict[str, float]) -> None:
+    started = time.perf_counter()
+    status = slmfleet(argv)
+    times[label] = time.perf_counter() - started
+    if status != 0:
+        raise SystemExit(f"slmfleet {' '.join(argv)} exited {status}")
+
+
+def discovery_score(work: Path, truth: dict[str, str]) -> float:
+    from sklearn.metrics import adjusted_rand_score
+
+    clusters = json.loads((work / "clusters.json").read_text())
+    found = {m: t["id"] for t in clusters["tasks"] for m in t["members"]}
+    ids = sorted(truth)
+    return adjusted_rand_score([truth[i] for i in ids], [found.get(i, -1) for i in ids])
+
+
+def keep_first_tasks(work: Path, count: int) -> None:
+    """Train only the first ``count`` tasks: the others are marked as served as they are (scored, not trained)."""
+    choices = json.loads((work / "choices.json").read_text())
+    for index, task in enumerate(choices["tasks"]):
+        if index >= count and task["decision"] == "train":
+            task["decision"] = "skipped"
+    (work / "choices.json").write_text(json.dumps(choices, indent=2))
+
+
+def cost_per_call(url: str, prompts: list) -> tuple[float, str]:
+    """Mean cost of plain calls to the LLM-tier model, and who served them."""
+    costs, served = [], set()
+    for p in prompts:
+        body = {"model": "big", "messages": p.messages, "max_tokens": 16, "temperature": 0.0}
+        report = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120).json()["slmfleet"]
+        costs.append(report["cost"]["total"])
+        served.add(report["served_by"])
+    return sum(costs) / len(costs), ",".join(sorted(served))
+
+
+def true_task(loop: Path, name: str, truth: dict[str, str]) -> str:
+    """The generator's task type most of a discovered task's members have."""
+    (task,) = [t for t in json.loads((loop / "clusters.json").read_text())["tasks"] if t["name"] == name]
+    return Counter(truth[m] for m in task["members"]).most_common(1)[0][0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--per-task", type=int, default=40)
+    parser.add_argument("--train", type=int, default=1, help="how many tasks to train (about a minute each here)")
+    parser.add_argument("--steps", type=int, default=40)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="slmfleet-convert-bench-"))
+    private, public = generate_key_pair(work / "keys")
+    spec = bench_spec(work / "fleet.yaml", public, work / "log")
+    truth, planted = seed_log(spec, work, args.per_task)
+    loop, times = work / "loop", {}
+    common = ["--spec", str(spec), "--work", str(loop)]
+    timed("S2 curate", ["convert", "curate", *common, "--key", str(private)], times)
+    timed("S3 discover", ["convert", "discover", *common], times)
+    with running_fleet(spec=spec, work=work) as url:
+        timed("S4 choose", ["convert", "choose", *common, "--url", url], times)
+        keep_first_tasks(loop, args.train)
+        timed("S5 train", ["convert", "train", *common, "--steps", str(args.steps)], times)
+        timed("S6 gate", ["convert", "gate", *common, "--url", url], times)
+        gate = json.loads((loop / "gate.json").read_text())["adapters"]
+        fresh = TrafficGenerator(seed=9).prompts(8)
+        samples = {v["name"]: [p for p in fresh if p.task == true_task(loop, v["name"], truth)] for v in gate}
+        before = {name: cost_per_call(url, prompts) for name, prompts in samples.items()}
+        timed("S6 promote", ["convert", "promote", *common, "--url", url, "--phase", "live"], times)
+        time.sleep(15)  # the router loads its embedding model in a thread when the first promotion appears
+        after = {name: cost_per_call(url, prompts) for name, prompts in samples.items()}
+    written = "".join(
+        p.read_text(errors="replace") for p in loop.rglob("*") if p.is_file() and p.suffix != ".safetensors"
+    )
+    leaked = sum(value in written for value in planted)
+    report(work, times, truth, leaks=(leaked, len(planted)), gate=gate, costs=(before, after))
+
+
+def report(work: Path, times: dict, truth: dict, *, leaks: tuple[int, int], gate: list, costs: tuple) -> None:
+    loop = work / "loop"
+    curation = json.loads((loop / "curation-report.json").read_text())
+    print(f"work folder: {work}")
+    for stage, seconds in times.items():
+        print(f"  {stage:12s} {seconds:7.1f} s")
+    print(f"PII removed by kind: {curation['pii_removed']}; planted values in the loop's files: {leaks[0]}/{leaks[1]}")
+    print(f"dropped: {curation['dropped']}; kept {curation['kept']} of {curation['read']}")
+    print(f"task discovery: adjusted Rand index {discovery_score(loop, truth):.3f} against {len(TASKS)} task types")
+    for task in json.loads((loop / "choices.json").read_text())["tasks"]:
+        print(f"  {task['name']}: {task['decision']}; zero-shot {task['scores']}")
+    for v in gate:
+        print(f"  gate {v['name']}: base {v['base']} adapter {v['adapter_score']} LLM validity {v['llm_validity']} "
+              f"hot-load {v['hot_load_s']} s kept {v['kept']}")  # fmt: skip
+    before, after = costs
+    for name, (cost, served) in before.items():
+        now, now_served = after[name]
+        print(f"  cost per call of {name}: before {cost:.6f} ({served}), after {now:.6f} ({now_served}), "
+              f"ratio {now / cost:.2f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
