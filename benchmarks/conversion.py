@@ -92,15 +92,18 @@ def keep_first_tasks(work: Path, count: int) -> None:
     (work / "choices.json").write_text(json.dumps(choices, indent=2))
 
 
-def cost_per_call(url: str, prompts: list) -> tuple[float, str]:
-    """Mean cost of plain calls to the LLM-tier model, and who served them."""
-    costs, served = [], set()
+def cost_per_call(url: str, prompts: list) -> tuple[float, str, str]:
+    """Mean cost of plain calls to the LLM-tier model, who served them, and the router's matching time."""
+    costs, served, match_ms = [], set(), []
     for p in prompts:
         body = {"model": "big", "messages": p.messages, "max_tokens": 16, "temperature": 0.0}
         report = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120).json()["slmfleet"]
         costs.append(report["cost"]["total"])
         served.add(report["served_by"])
-    return sum(costs) / len(costs), ",".join(sorted(served))
+        if "promotion" in report:
+            match_ms.append(report["promotion"]["match_ms"])
+    matching = f"match {min(match_ms):.1f}-{max(match_ms):.1f} ms" if match_ms else "no match"
+    return sum(costs) / len(costs), ",".join(sorted(served)), matching
 
 
 def true_task(loop: Path, name: str, truth: dict[str, str]) -> str:
@@ -135,6 +138,10 @@ def main() -> None:
         timed("S6 promote", ["convert", "promote", *common, "--url", url, "--phase", "live"], times)
         time.sleep(15)  # the router loads its embedding model in a thread when the first promotion appears
         after = {name: cost_per_call(url, prompts) for name, prompts in samples.items()}
+        moved = {p.task for prompts in samples.values() for p in prompts}
+        rest = [p for p in fresh if p.task not in moved]
+        untouched = cost_per_call(url, rest) if rest else (0.0, "-", "-")
+    print(f"tasks not promoted, after: served by {untouched[1]} ({untouched[2]})")
     written = "".join(
         p.read_text(errors="replace") for p in loop.rglob("*") if p.is_file() and p.suffix != ".safetensors"
     )
@@ -157,9 +164,9 @@ def report(work: Path, times: dict, truth: dict, *, leaks: tuple[int, int], gate
         print(f"  gate {v['name']}: base {v['base']} adapter {v['adapter_score']} LLM validity {v['llm_validity']} "
               f"hot-load {v['hot_load_s']} s kept {v['kept']}")  # fmt: skip
     before, after = costs
-    for name, (cost, served) in before.items():
-        now, now_served = after[name]
-        print(f"  cost per call of {name}: before {cost:.6f} ({served}), after {now:.6f} ({now_served}), "
+    for name, (cost, served, _) in before.items():
+        now, now_served, matching = after[name]
+        print(f"  cost per call of {name}: before {cost:.6f} ({served}), after {now:.6f} ({now_served}, {matching}), "
               f"ratio {now / cost:.2f}")  # fmt: skip
 
 
