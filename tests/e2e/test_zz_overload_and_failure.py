@@ -56,14 +56,17 @@ def process_titles(procs) -> list[tuple[int, str]]:
 
 
 def engine_core_of(replica, within_s: float = 30):
-    """The replica's vLLM EngineCore process (titled ``VLLM::EngineCore``), looked for a while: a CI run once found
-    none at the first look; the assertion lists what the replica's tree held instead."""
+    """The replica's vLLM EngineCore process, looked for a while. vLLM titles it ``VLLM::EngineCore``, but CI runs
+    have found it untitled (its command line still Python's ``spawn_main``, seen twice); then it is the replica's
+    one direct child started by multiprocessing's spawn (its worker is that child's child, the resource tracker is
+    not spawned). The assertion lists what the replica's tree held."""
     deadline = time.monotonic() + within_s
     while True:
         titles = process_titles(replica.children(recursive=True))
         cores = [pid for pid, title in titles if "EngineCor" in title]
-        if cores:
-            return psutil.Process(cores[0])
+        spawned = [pid for pid, title in process_titles(replica.children()) if "spawn_main" in title]
+        if cores or len(spawned) == 1:
+            return psutil.Process((cores or spawned)[0])
         if time.monotonic() > deadline:
             raise AssertionError(f"replica {replica.pid} has no vLLM EngineCore process; its tree: {titles}")
         time.sleep(1)
