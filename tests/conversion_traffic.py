@@ -53,6 +53,16 @@ EXTRACT_SCHEMA = {
 TASKS = ("intent", "extract", "sentiment", "summary")
 
 
+def luhn_card(first_15: str) -> str:
+    """A card number with its Luhn check digit appended, as every real card has (presidio checks it)."""
+    digits = [int(d) for d in first_15 if d.isdigit()]
+    total = 0
+    for i, digit in enumerate(reversed(digits)):  # the check digit will be rightmost: double every other from here
+        doubled = digit * 2 if i % 2 == 0 else digit
+        total += doubled - 9 if doubled > 9 else doubled
+    return f"{first_15}{(10 - total % 10) % 10}"
+
+
 @dataclass
 class Prompt:
     """One call an agent makes: its task type, messages, the right answer, and the PII values inside it."""
@@ -75,7 +85,7 @@ class TrafficGenerator:
         email = f"{name.split()[0].lower()}.{self.rng.randint(10, 99)}@{self.rng.choice(DOMAINS)}"
         phone = f"({self.rng.randint(201, 989)}) 555-{self.rng.randint(1000, 9999)}"
         street = f"{self.rng.randint(2, 990)} {self.rng.choice(STREETS)}"
-        card = f"4111 1111 1111 {self.rng.randint(1000, 9999)}"
+        card = luhn_card(f"4111 1111 1111 {self.rng.randint(100, 999)}")
         ip = f"10.{self.rng.randint(0, 255)}.{self.rng.randint(0, 255)}.{self.rng.randint(1, 254)}"
         parts = [
             (f"I am {name}.", name),

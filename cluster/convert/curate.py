@@ -92,6 +92,11 @@ def curated_example(record: dict[str, Any], scrubber: PiiScrubber, report: Curat
         report.pii.update(counts)
         return clean
 
+    def scrub_json(text: str) -> str:
+        clean, counts = scrubber.scrub_json(text)
+        report.pii.update(counts)
+        return clean
+
     return {
         "request_id": record["request_id"],
         "model": record["model"],
@@ -103,8 +108,8 @@ def curated_example(record: dict[str, Any], scrubber: PiiScrubber, report: Curat
         "messages": _scrub_messages(record["messages"], scrub),
         "tools": record["tools"],
         "contract": record["contract"],
-        "answer": scrub(record["answer"] or ""),
-        "tool_calls": [{**call, "arguments": scrub(call["arguments"])} for call in record["tool_calls"]],
+        "answer": scrub_json(record["answer"] or ""),
+        "tool_calls": [{**call, "arguments": scrub_json(call["arguments"])} for call in record["tool_calls"]],
         "tokens_in": record["tokens_in"],
         "tokens_out": record["tokens_out"],
         "cost": record["cost"],

@@ -8,6 +8,7 @@ street suffix). Each found value becomes ``<KIND>``; only counts per kind are ev
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from functools import cached_property
@@ -27,6 +28,12 @@ KINDS = {
     "IP_ADDRESS": "ip",
     "STREET_ADDRESS": "street_address",
 }
+
+
+def looks_like_a_name(text: str) -> bool:
+    """spaCy's small model also tags identifiers (``order_id``, JSON keys) as people: a name has a capital letter
+    and no digits, underscores or quotes."""
+    return any(c.isupper() for c in text) and not any(c.isdigit() or c in "_\"'{}" for c in text)
 
 
 def _offline_tldextract() -> None:
@@ -60,12 +67,35 @@ class PiiScrubber:
         analyzer.registry.add_recognizer(PatternRecognizer("STREET_ADDRESS", patterns=[street]))
         return analyzer, AnonymizerEngine()
 
+    def scrub_json(self, text: str) -> tuple[str, Counter[str]]:
+        """A JSON answer or tool-call arguments with PII removed from string values only (keys and structure are
+        the contract's), re-serialized; text that is not JSON is scrubbed as text."""
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return self.scrub(text)
+        counts: Counter[str] = Counter()
+
+        def clean(item: Any) -> Any:
+            if isinstance(item, str):
+                scrubbed, found = self.scrub(item)
+                counts.update(found)
+                return scrubbed
+            if isinstance(item, list):
+                return [clean(x) for x in item]
+            if isinstance(item, dict):
+                return {key: clean(x) for key, x in item.items()}
+            return item
+
+        return json.dumps(clean(value)), counts
+
     def scrub(self, text: str) -> tuple[str, Counter[str]]:
         """``text`` with every PII value replaced by ``<KIND>``, and how many of each kind were found."""
         if not text.strip():
             return text, Counter()
         analyzer, anonymizer = self._engines
         found = analyzer.analyze(text=text, language="en", entities=list(KINDS), score_threshold=self.min_score)
+        found = [r for r in found if r.entity_type != "PERSON" or looks_like_a_name(text[r.start : r.end])]
         if not found:
             return text, Counter()
         kept = anonymizer.anonymize(text=text, analyzer_results=found)

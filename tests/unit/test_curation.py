@@ -104,3 +104,10 @@ def test_curate_command_reads_the_sealed_log_and_writes_only_scrubbed_files(tmp_
     written = "".join(p.read_text() for p in Path(out).iterdir())
     assert not [kind for kind, value in PLANTED.items() if value in written]
     assert json.loads((out / REPORT_FILE).read_text())["pii_removed"]["card"] == 1
+
+
+def test_identifiers_and_json_keys_are_not_taken_for_names(scrubber):
+    text, counts = scrubber.scrub('Summarize this tool result: {"order_id": "A1002", "status": "shipped"}')
+    assert '"order_id"' in text and not counts
+    answer, counts = scrubber.scrub_json('{"order_id": "A1002", "customer": "Maria Lopez"}')
+    assert json.loads(answer) == {"order_id": "A1002", "customer": "<PERSON>"} and counts == {"name": 1}
