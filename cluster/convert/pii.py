@@ -31,9 +31,10 @@ KINDS = {
 
 
 def looks_like_a_name(text: str) -> bool:
-    """spaCy's small model also tags identifiers (``order_id``, JSON keys) as people: a name has a capital letter
-    and no digits, underscores or quotes."""
-    return any(c.isupper() for c in text) and not any(c.isdigit() or c in "_\"'{}" for c in text)
+    """spaCy's small model also tags identifiers (``order_id``, JSON keys) and acronyms (``JSON``) as people: a name
+    has capital and small letters, and no digits, underscores or quotes."""
+    has_case = any(c.isupper() for c in text) and any(c.islower() for c in text)
+    return has_case and not any(c.isdigit() or c in "_\"'{}" for c in text)
 
 
 def _offline_tldextract() -> None:

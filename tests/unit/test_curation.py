@@ -109,5 +109,6 @@ def test_curate_command_reads_the_sealed_log_and_writes_only_scrubbed_files(tmp_
 def test_identifiers_and_json_keys_are_not_taken_for_names(scrubber):
     text, counts = scrubber.scrub('Summarize this tool result: {"order_id": "A1002", "status": "shipped"}')
     assert '"order_id"' in text and not counts
+    assert scrubber.scrub("Return JSON with keys order_id and product.")[1] == {}
     answer, counts = scrubber.scrub_json('{"order_id": "A1002", "customer": "Maria Lopez"}')
     assert json.loads(answer) == {"order_id": "A1002", "customer": "<PERSON>"} and counts == {"name": 1}
