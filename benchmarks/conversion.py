@@ -94,16 +94,16 @@ def keep_first_tasks(work: Path, count: int) -> None:
 
 def cost_per_call(url: str, prompts: list) -> tuple[float, str, str]:
     """Mean cost of plain calls to the LLM-tier model, who served them, and the router's matching time."""
-    costs, served, match_ms = [], set(), []
+    costs, served, match_ms = [], Counter(), []
     for p in prompts:
         body = {"model": "big", "messages": p.messages, "max_tokens": 16, "temperature": 0.0}
         report = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120).json()["slmfleet"]
         costs.append(report["cost"]["total"])
-        served.add(report["served_by"])
+        served[report["served_by"]] += 1
         if "promotion" in report:
             match_ms.append(report["promotion"]["match_ms"])
     matching = f"match {min(match_ms):.1f}-{max(match_ms):.1f} ms" if match_ms else "no match"
-    return sum(costs) / len(costs), ",".join(sorted(served)), matching
+    return sum(costs) / len(costs), ", ".join(f"{n}/{len(prompts)} by {m}" for m, n in served.items()), matching
 
 
 def true_task(loop: Path, name: str, truth: dict[str, str]) -> str:

@@ -112,3 +112,9 @@ def test_identifiers_and_json_keys_are_not_taken_for_names(scrubber):
     assert scrubber.scrub("Return JSON with keys order_id and product.")[1] == {}
     answer, counts = scrubber.scrub_json('{"order_id": "A1002", "customer": "Maria Lopez"}')
     assert json.loads(answer) == {"order_id": "A1002", "customer": "<PERSON>"} and counts == {"name": 1}
+
+
+def test_phone_numbers_go_even_when_their_area_code_is_not_assigned(scrubber):
+    for number in ("(399) 555-8077", "(441) 555-4450", "399-555-8077", "+1 399 555 8077"):
+        text, counts = scrubber.scrub(f"Call me at {number} tomorrow.")
+        assert number not in text and counts["phone"] == 1, (number, text)
