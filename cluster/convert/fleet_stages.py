@@ -21,8 +21,13 @@ from cluster.spec import load_spec
 ADAPTERS_FOLDER = "adapters"
 
 
+def _api_key(args: argparse.Namespace) -> str | None:
+    """The admin-scoped key from ``--api-key-env`` (None on a loopback fleet without keys)."""
+    return os.environ.get(args.api_key_env) if args.api_key_env else None
+
+
 def _answerer(args: argparse.Namespace) -> Any:
-    key = os.environ.get(args.api_key_env) if args.api_key_env else None
+    key = _api_key(args)
 
     def answerer(name: str) -> Answer:
         return fleet_answerer(f"{args.url.rstrip('/')}/v1", name, key or "unused-on-loopback")
@@ -81,7 +86,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
     work = work_folder(args)
     examples = list(read_curated(work))
     tasks = {t["name"]: t for t in accepted_tasks(work)}
-    admin = AdminClient(args.url.rstrip("/"), os.environ.get(args.api_key_env) if args.api_key_env else None)
+    admin = AdminClient(args.url.rstrip("/"), _api_key(args))
     verdicts = []
     for decision in read_choices(work):
         folder = work / ADAPTERS_FOLDER / decision["name"]
@@ -116,7 +121,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
     kept = [v for v in json.loads((work / GATE_FILE).read_text())["adapters"] if v["kept"]]
     examples = {e["request_id"]: e for e in read_curated(work)}
     tasks = {t["name"]: t for t in accepted_tasks(work)}
-    admin = AdminClient(args.url.rstrip("/"), os.environ.get(args.api_key_env) if args.api_key_env else None)
+    admin = AdminClient(args.url.rstrip("/"), _api_key(args))
     embedder = Embedder()
     for verdict in kept:
         members = set(tasks[verdict["name"]]["members"]) & examples.keys()

@@ -17,7 +17,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from cluster.spec import NAME_PATTERN, FleetSpec
+from cluster.spec import NAME_PATTERN, ConversionSpec, FleetSpec
 
 Phase = Literal["shadow", "live"]
 
@@ -33,17 +33,6 @@ class Promotion(BaseModel):
     min_similarity: float = Field(gt=0, lt=1, description="cosine similarity to the centroid a call needs")
     embedding_model: str
     phase: Phase = "shadow"
-
-
-@dataclass(frozen=True)
-class PromotionPolicy:
-    """The spec's ``conversion`` thresholds."""
-
-    promote_after: int = 20
-    min_agreement: float = 0.9
-    min_validity: float = 1.0
-    shadow_rate: float = 0.1
-    min_samples_for_rollback: int = 10
 
 
 @dataclass(frozen=True)
@@ -69,7 +58,7 @@ def best_match(promotions: list[Promotion], vector: np.ndarray) -> tuple[Promoti
     return best
 
 
-def next_phase(phase: Phase, stats: Agreement, policy: PromotionPolicy) -> Phase | Literal["rollback"]:
+def next_phase(phase: Phase, stats: Agreement, policy: ConversionSpec) -> Phase | Literal["rollback"]:
     """Where a promotion goes given the agreement measured in its current phase."""
     good = stats.rate() >= policy.min_agreement and stats.validity() >= policy.min_validity
     if phase == "shadow":

@@ -8,6 +8,7 @@ routes around the dead one) before it is reported as ``engine_dead``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -433,15 +434,12 @@ class Router:
     def _adapter_admin(self, state: RouterState) -> AdapterAdmin:
         shared = self.shared_state
 
-        async def put(name: str, entry: dict[str, Any]) -> None:
-            await shared.put(REGISTRY_NAMESPACE, name, entry)
-
         return AdapterAdmin(
             base_spec=lambda: state.base_spec,
             served_spec=lambda: state.spec,
             set_aside=lambda: state.set_aside,
             entries=lambda: shared.items(REGISTRY_NAMESPACE),
-            put=put,
+            put=functools.partial(shared.put, REGISTRY_NAMESPACE),
             delete=lambda name: shared.delete(REGISTRY_NAMESPACE, name),
             probe=state.backend.probe_adapter,
             refresh=lambda: self._refresh_registry(force=True),
@@ -450,14 +448,11 @@ class Router:
     def _promotion_admin(self, state: RouterState) -> PromotionAdmin:
         shared = self.shared_state
 
-        async def put(name: str, entry: dict[str, Any]) -> None:
-            await shared.put(PROMOTIONS_NAMESPACE, name, entry)
-
         return PromotionAdmin(
             served_spec=lambda: state.spec,
             set_aside=lambda: state.promotions_set_aside,
             entries=lambda: shared.items(PROMOTIONS_NAMESPACE),
-            put=put,
+            put=functools.partial(shared.put, PROMOTIONS_NAMESPACE),
             delete=lambda name: shared.delete(PROMOTIONS_NAMESPACE, name),
             refresh=lambda: self._refresh_registry(force=True),
         )

@@ -21,8 +21,8 @@ from typing import Any
 
 from cluster.convert.embed import Embedder, task_text
 from cluster.convert.evaluate import agrees, is_valid
-from cluster.convert.promotion import Agreement, Promotion, PromotionPolicy, best_match, next_phase, promotion_misfit
-from cluster.spec import ConversionSpec, FleetSpec
+from cluster.convert.promotion import Agreement, Promotion, best_match, next_phase, promotion_misfit
+from cluster.spec import FleetSpec
 from deployments.protocol import GenerationRequest, GenerationResult
 
 log = logging.getLogger(__name__)
@@ -78,16 +78,6 @@ class Match:
         }
 
 
-def policy_of(spec: ConversionSpec) -> PromotionPolicy:
-    return PromotionPolicy(
-        promote_after=spec.promote_after,
-        min_agreement=spec.min_agreement,
-        min_validity=spec.min_validity,
-        shadow_rate=spec.shadow_rate,
-        min_samples_for_rollback=spec.min_samples_for_rollback,
-    )
-
-
 class PromotionRouting:
     """One router state's promotions (from the shared store) with the replica's matcher and the store to count in."""
 
@@ -106,7 +96,6 @@ class PromotionRouting:
         self.matcher, self.store, self.call = matcher, store, call
         self.settings = spec.conversion
         self.model_of = {name: specialist.model for name, specialist in spec.specialists.items()}
-        self.policy = policy_of(self.settings)
         self._side_tasks: set[asyncio.Task[None]] = set()
         if promotions:
             matcher.warm()
@@ -127,7 +116,7 @@ class PromotionRouting:
 
     def wants_sample(self, match: Match) -> bool:
         """Every shadow-phase call is a sample; a live promotion samples ``shadow_rate`` of its calls."""
-        return match.promotion.phase == "shadow" or random.random() < self.policy.shadow_rate
+        return match.promotion.phase == "shadow" or random.random() < self.settings.shadow_rate
 
     def sample(self, match: Match, request: GenerationRequest, served: GenerationResult) -> None:
         """Compare on the side: the other party (specialist in shadow, LLM when live) answers the same request."""
@@ -164,7 +153,7 @@ class PromotionRouting:
             consumed = await self.store.consume(STATS_NAMESPACE, f"{prefix}:{name}", amount, UNCAPPED, window)
             used[name] = int(consumed.used)
         stats = Agreement(used["samples"], used["agreed"], used["valid"])
-        await self._move(promotion, next_phase(promotion.phase, stats, self.policy), stats)
+        await self._move(promotion, next_phase(promotion.phase, stats, self.settings), stats)
 
     async def _move(self, promotion: Promotion, to: str, stats: Agreement) -> None:
         if to == promotion.phase:

@@ -12,14 +12,13 @@ import pytest
 from cluster.convert.promotion import (
     Agreement,
     Promotion,
-    PromotionPolicy,
     best_match,
     next_phase,
     promotion_misfit,
     similarity_bar,
 )
 from cluster.cost import PriceBook
-from cluster.spec import parse_spec
+from cluster.spec import ConversionSpec, parse_spec
 from deployments.router.chat_endpoint import ChatEndpoint
 from deployments.router.openai_api import ChatCompletionRequest
 from deployments.router.promotions import PROMOTIONS_NAMESPACE, PromotionRouting, TaskMatcher, promotions_from
@@ -47,7 +46,7 @@ def test_the_best_match_must_reach_its_bar():
 
 
 def test_phases_follow_agreement():
-    policy = PromotionPolicy(promote_after=3, min_agreement=0.9, min_validity=1.0, min_samples_for_rollback=4)
+    policy = ConversionSpec(promote_after=3, min_agreement=0.9, min_validity=1.0, min_samples_for_rollback=4)
     assert next_phase("shadow", Agreement(2, 2, 2), policy) == "shadow"  # too few samples yet
     assert next_phase("shadow", Agreement(3, 3, 3), policy) == "live"
     assert next_phase("shadow", Agreement(10, 5, 10), policy) == "shadow"  # disagrees: stays with the LLM
