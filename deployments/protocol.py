@@ -114,6 +114,9 @@ class GenerationRequest:
     priority: str = "normal"  # the caller's class (its key's, or lower): low is refused first under overload
     escalated_from: str | None = None  # an escalated call: the model it left, and why (for the usage log)
     escalation_reason: str | None = None
+    # a stream resumed after its replica died: the answer's text already sent, which the engine continues (the
+    # prompt ends with it, inside the open assistant turn) instead of starting over
+    continue_from: str | None = None
 
 
 @dataclass(frozen=True)

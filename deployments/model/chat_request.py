@@ -28,6 +28,7 @@ class EngineCall:
     sampling: dict[str, Any]
     structured: dict[str, Any] | None
     tools: tuple[ToolDef, ...] = ()
+    prefix: str = ""  # the answer's start, already sent, which the engine continues (a resumed stream)
 
 
 def contract_from_spec(output: OutputContract | None) -> Contract | None:
@@ -69,10 +70,11 @@ def build_engine_call(request: GenerationRequest, specialist: SpecialistSpec | N
     messages = with_instructions(request.messages, instructions)
     budget = request.schema_tokens or sampling["max_tokens"]
     tools = request.tools
+    prefix = request.continue_from or ""
     if tools is None or not tools.offered():
-        return EngineCall(messages, sampling, structured_kwargs(contract, budget))
+        return EngineCall(messages, sampling, structured_kwargs(contract, budget), prefix=prefix)
     tag = structural_tag(tools, budget, text_format(contract, budget))
-    return EngineCall(messages, sampling, {"structural_tag": json.dumps(tag)}, tools.offered())
+    return EngineCall(messages, sampling, {"structural_tag": json.dumps(tag)}, tools.offered(), prefix)
 
 
 def _optional_sampling(request: GenerationRequest) -> dict[str, Any]:

@@ -109,7 +109,8 @@ class ChatEngine:
 
     def prompt_ids(self, call: EngineCall) -> list[int]:
         """The chat-templated prompt; tools go through the template when it knows them, else the documented
-        rendering of :mod:`deployments.model.tool_prompt`."""
+        rendering of :mod:`deployments.model.tool_prompt`. A resumed stream's prefix follows the open assistant
+        turn, so the engine continues the answer where it was cut."""
         options: dict[str, Any] = {"add_generation_prompt": True, "tokenize": False}
         if self.native_tools:
             messages = call.messages
@@ -118,7 +119,12 @@ class ChatEngine:
         else:
             messages = render_plain(call.messages, call.tools)
         text = self.tokenizer.apply_chat_template(messages, **options)
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
+        return list(self.tokenizer.encode(text + call.prefix, add_special_tokens=False))
+
+    def _encoded(self, call: EngineCall) -> tuple[list[int], int]:
+        """The prompt's ids and how many of them are a resumed stream's prefix (answer already decoded)."""
+        already = len(self.tokenizer.encode(call.prefix, add_special_tokens=False)) if call.prefix else 0
+        return self.prompt_ids(call), already
 
     async def generate(
         self,
@@ -134,7 +140,7 @@ class ChatEngine:
         per token, which matters when the replica shares a small CPU with the engine.
         """
         try:
-            ids = await asyncio.get_running_loop().run_in_executor(self._templating, self.prompt_ids, call)
+            ids, already = await asyncio.get_running_loop().run_in_executor(self._templating, self._encoded, call)
         except (TypeError, ValueError, UnicodeError, TemplateError) as exc:
             log.warning("messages not renderable: %r", exc)
             raise PromptRenderError(
@@ -145,8 +151,9 @@ class ChatEngine:
             raise PromptTooLongError(
                 f"the prompt has {len(ids)} tokens; this model's context is {self.max_model_len} tokens"
             )
-        params = self._sampling_params(call, room, incremental)
-        tally.prompt_tokens = len(ids)
+        params = self._sampling_params(call, room, incremental, already)
+        # a resumed answer counts as one answer: its prefix is output already decoded, not prompt
+        tally.prompt_tokens, tally.completion_tokens = len(ids) - already, already
         stream = self.engine.generate(
             {"prompt_token_ids": ids}, params, request_id=uuid.uuid4().hex, lora_request=_lora(adapter)
         )
@@ -160,9 +167,11 @@ class ChatEngine:
                 tally.text_parts.append(choice.text)
                 yield choice.text
 
-    def _sampling_params(self, call: EngineCall, room: int, incremental: bool) -> SamplingParams:
+    def _sampling_params(self, call: EngineCall, room: int, incremental: bool, already: int = 0) -> SamplingParams:
+        """``already``: tokens of the answer decoded before (a resumed stream), taken off its ``max_tokens``."""
         sampling = dict(call.sampling)
-        sampling["max_tokens"] = min(int(sampling.get("max_tokens") or room), room)
+        wanted = int(sampling["max_tokens"]) - already if sampling.get("max_tokens") else room
+        sampling["max_tokens"] = max(1, min(wanted, room))
         structured = StructuredOutputsParams(**call.structured) if call.structured else None
         kind = RequestOutputKind.DELTA if incremental else RequestOutputKind.FINAL_ONLY
         return SamplingParams(**sampling, structured_outputs=structured, output_kind=kind)

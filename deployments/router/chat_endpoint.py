@@ -222,6 +222,9 @@ def _final_chunk(
     request_id: str, served_as: str, result: GenerationResult, report: dict[str, Any] | None
 ) -> dict[str, Any]:
     chunk = chunk_body(request_id, served_as, {}, result.finish_reason or "stop")
+    resumed = result.extra.get("resumed_after_chars")
+    if resumed is not None:  # the replica died mid-answer and a live one continued it (ServeBackend._stream)
+        report = {**(report or {}), "served_by": result.model, "resumed_after_chars": resumed}
     if report is not None:
         chunk["slmfleet"] = report
     return chunk

@@ -139,17 +139,19 @@ class ServeBackend:
         self.metrics.record_call(model, request, result, CURRENT_PIPELINE.get())
 
     async def _stream(self, model: str, request: GenerationRequest) -> AsyncIterator[StreamDelta | GenerationResult]:
-        """The model's stream; a lost replica or a dead engine before anything left is retried by :func:`retry_once`
-        (the plain path's policy), after that the stream ends with the failure."""
-        sent_any = False
+        """The model's stream under :func:`retry_once` (the plain path's policy): a lost replica or a dead engine is
+        tried once more on any live replica (or the one Serve starts in its place). Before anything left that is a
+        plain retry; after text left it resumes the answer (:func:`resumed`), so the client sees one stream."""
+        sent: list[str] = []
         for attempt in range(2):
             response = self._handle(model, request).options(stream=True).stream.remote(request)
             try:
                 async for item in response:
-                    if isinstance(item, GenerationResult) and retry_once(attempt, sent_any, item):
-                        break  # a dead engine's answer, before any text: once more, on any live replica
-                    sent_any = True
-                    yield item
+                    if isinstance(item, GenerationResult) and retry_stream(attempt, item, request, sent):
+                        break  # a dead engine's answer: once more, on any live replica
+                    if isinstance(item, StreamDelta) and item.text:
+                        sent.append(item.text)
+                    yield _whole(item, request) if isinstance(item, GenerationResult) else item
                 else:
                     return
             except (GeneratorExit, asyncio.CancelledError):  # the consumer stopped (client gone, deadline):
@@ -160,10 +162,16 @@ class ServeBackend:
                 return
             except (*REPLICA_LOST, DeploymentUnavailableError) as exc:
                 lost = _replica_lost(model, exc)
-                if not retry_once(attempt, sent_any, lost):
+                if not retry_stream(attempt, lost, request, sent):
                     yield lost
                     return
-            log.warning("model %s failed before its stream's first item; retrying once", model)
+            if sent:
+                request, sent = resumed(request, "".join(sent)), []
+                log.warning(
+                    "model %s failed mid-stream; resuming after %d characters", model, len(request.continue_from)
+                )
+            else:
+                log.warning("model %s failed before its stream's first item; retrying once", model)
             await asyncio.sleep(RETRY_DELAY_S)
 
     async def health(self) -> dict[str, dict[str, Any]]:
@@ -220,17 +228,43 @@ class ServeBackend:
                 return _at_capacity(model, exc)
             except (*REPLICA_LOST, DeploymentUnavailableError) as exc:
                 result = _replica_lost(model, exc)
-            if not retry_once(attempt, False, result):
+            if not retry_once(attempt, result):
                 return result
             log.warning("model %s: %s; retrying once on any live replica", model, result.error)
             await asyncio.sleep(RETRY_DELAY_S)
         raise AssertionError("unreachable")
 
 
-def retry_once(attempt: int, sent_any: bool, result: GenerationResult) -> bool:
+def retry_once(attempt: int, result: GenerationResult) -> bool:
     """The one retry policy of plain and streamed calls: a lost replica or a dead engine is tried once more (Serve
-    routes around the dead replica), never after part of an answer has left (a retry would repeat it)."""
-    return attempt == 0 and not sent_any and result.error is not None and result.error.kind == "engine_dead"
+    routes around the dead replica, or waits for the one it starts in its place)."""
+    return attempt == 0 and result.error is not None and result.error.kind == "engine_dead"
+
+
+def retry_stream(attempt: int, result: GenerationResult, request: GenerationRequest, sent: list[str]) -> bool:
+    """:func:`retry_once` for a stream: after text has left, only an answer that can be resumed where it was cut."""
+    return retry_once(attempt, result) and (not sent or resumable(request))
+
+
+def resumable(request: GenerationRequest) -> bool:
+    """Free text can be continued from any point; constrained output or tool calls cannot (the grammar would start
+    over mid-answer). The chat endpoint judges those whole before they stream, so they are never cut."""
+    spec = request.specialist_spec
+    return request.contract is None and request.tools is None and (spec is None or spec.output is None)
+
+
+def resumed(request: GenerationRequest, sent: str) -> GenerationRequest:
+    """The request that continues a stream cut after ``sent``: the engine picks the answer up where it stopped,
+    and it is admitted first among its peers (``high``), since its client already holds half of it."""
+    return replace(request, continue_from=(request.continue_from or "") + sent, priority="high")
+
+
+def _whole(result: GenerationResult, request: GenerationRequest) -> GenerationResult:
+    """A stream's final result as one answer: a resumed stream's text includes what was sent before the cut."""
+    if not request.continue_from:
+        return result
+    extra = {**result.extra, "resumed_after_chars": len(request.continue_from)}
+    return replace(result, text=request.continue_from + result.text, extra=extra)
 
 
 def _at_capacity(model: str, exc: Exception) -> GenerationResult:

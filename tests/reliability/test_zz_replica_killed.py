@@ -1,6 +1,7 @@
 """The small model's replica process killed under load, plain and streamed requests in flight: every request ends
-in an answer, or a refusal with Retry-After, or (a stream cut after text left) an error event and ``[DONE]``;
-none hangs, none gets a 500, no stream ends silently; Serve replaces the replica and it serves again.
+in an answer or a refusal with Retry-After; a stream cut after text left is resumed on the replica Serve starts in
+the dead one's place and ends like any other, so no stream carries an error event; none hangs, none gets a 500;
+Serve replaces the replica and it serves again.
 
 Runs last in the tier (it kills the fleet's only engine). The load is a closed loop of clients that honour
 Retry-After, as OpenAI's client does: the point is what happens to work in flight, not throughput.
@@ -35,6 +36,8 @@ class Ended:
     text: str = ""
     done: bool = False  # a stream's final "data: [DONE]"
     error_events: list[dict] = field(default_factory=list)
+    resumed_after: int | None = None  # a stream resumed after its replica died: the characters sent before
+    text_at_kill: str | None = None  # a stream's text when the replica was killed
 
     def problem(self) -> str | None:
         """Why this ending breaks the promise, or None."""
@@ -46,9 +49,9 @@ class Ended:
             return f"status {self.status}"
         if self.kind == "stream" and not self.done:
             return "stream ended without [DONE]"
-        if not self.text and not self.error_events:
-            return "200 with neither text nor an error event"
-        return None
+        if self.error_events:
+            return f"stream ended with an error event: {self.error_events}"
+        return None if self.text else "200 without text"
 
 
 async def plain(http: httpx.AsyncClient, url: str) -> Ended:
@@ -61,9 +64,7 @@ async def plain(http: httpx.AsyncClient, url: str) -> Ended:
     return Ended("plain", started, time.monotonic(), resp.status_code, resp.headers.get("Retry-After"), text)
 
 
-async def streamed(http: httpx.AsyncClient, url: str) -> Ended:
-    started = time.monotonic()
-    ended = Ended("stream", started, started, 0)
+async def streamed(http: httpx.AsyncClient, url: str, ended: Ended) -> Ended:
     try:
         async with http.stream("POST", url, json={**BODY, "stream": True}) as resp:
             ended.status, ended.retry_after = resp.status_code, resp.headers.get("Retry-After")
@@ -85,16 +86,24 @@ def read_event(ended: Ended, line: str) -> None:
     event = json.loads(data)
     if "error" in event:
         ended.error_events.append(event["error"])
+    if "resumed_after_chars" in event.get("slmfleet", {}):
+        ended.resumed_after = event["slmfleet"]["resumed_after_chars"]
     for choice in event.get("choices", []):
         ended.text += choice.get("delta", {}).get("content") or ""
 
 
-async def client(kind: str, url: str, until: asyncio.Event, ended: list[Ended]) -> None:
-    """Back-to-back requests of one kind until told to stop, waiting out each Retry-After."""
-    call = plain if kind == "plain" else streamed
+async def client(kind: str, url: str, until: asyncio.Event, ended: list[Ended], open_streams: list[Ended]) -> None:
+    """Back-to-back requests of one kind until told to stop, waiting out each Retry-After; ``open_streams`` holds
+    the streams under way (so the kill can note the text each had)."""
     async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT_S) as http:
         while not until.is_set():
-            outcome = await call(http, url)
+            if kind == "plain":
+                outcome = await plain(http, url)
+            else:
+                outcome = Ended("stream", time.monotonic(), 0.0, 0)
+                open_streams.append(outcome)
+                await streamed(http, url, outcome)
+                open_streams.remove(outcome)
             ended.append(outcome)
             if outcome.status in (429, 503):
                 await asyncio.sleep(min(float(outcome.retry_after or 1), 5.0))
@@ -109,11 +118,14 @@ async def smol_state(http: httpx.AsyncClient, url: str) -> str | None:
 
 async def kill_under_load(fleet) -> tuple[list[Ended], float, float]:
     """(every request, when the kill happened, seconds from the kill until smol served again per /healthz)."""
-    url, stop, ended = f"{fleet.url}/v1/chat/completions", asyncio.Event(), []
-    clients = [asyncio.create_task(client(k, url, stop, ended)) for k in ("plain", "stream") * CLIENTS_PER_KIND]
+    url, stop, ended, open_streams = f"{fleet.url}/v1/chat/completions", asyncio.Event(), [], []
+    kinds = ("plain", "stream") * CLIENTS_PER_KIND
+    clients = [asyncio.create_task(client(k, url, stop, ended, open_streams)) for k in kinds]
     await asyncio.sleep(KILL_AFTER_S)
     fleet.replica_process("model-smol").kill()
     killed, seen_down, recovered = time.monotonic(), False, None
+    for stream in open_streams:
+        stream.text_at_kill = stream.text
     async with httpx.AsyncClient(timeout=10) as http:
         while time.monotonic() - killed < RECOVERY_WITHIN_S:
             state = await smol_state(http, fleet.url)
@@ -141,10 +153,20 @@ def test_killed_replica_loses_no_request_and_is_replaced(fleet):
     after = [e for e in ended if e.started > killed + recovered_s]
     assert after and all(e.status == 200 and e.text for e in after), [(e.kind, e.status) for e in after]
     assert fleet.replica_process("model-smol").pid != old_pid
+    # every stream that had text when its replica died was resumed where it was cut, and is one whole answer (one
+    # that ended within seconds of the kill had already been sent whole: a cut one waits for the new replica)
+    cut = [e for e in in_flight if e.kind == "stream" and e.text_at_kill and e.ended > killed + 5]
+    assert cut, "no stream had sent text when the replica died: resumption was not tested"
+    for stream in cut:
+        assert stream.resumed_after is not None, "a stream cut after text left was not resumed"
+        assert stream.text.startswith(stream.text_at_kill) and len(stream.text) > stream.resumed_after
+    uncut = next(e.text for e in after if e.kind == "stream")  # greedy: the same answer as an uncut stream's
+    same = sum(e.text == uncut for e in cut)
     counts = {
-        "answered": sum(e.status == 200 and not e.error_events for e in ended),
+        "answered": sum(e.status == 200 for e in ended),
         "refused": sum(e.status in (429, 503) for e in ended),
-        "cut with an error event": sum(bool(e.error_events) for e in ended),
+        "streams resumed": len(cut),
+        "resumed equal to an uncut answer": same,
         "in flight at the kill": len(in_flight),
     }
     print(f"FIGURE: replica killed under load: {counts}; serving again {recovered_s:.1f} s after the kill")

@@ -151,12 +151,14 @@ class StreamingHandle:
     def __init__(self, *streams):
         self.streams, self.calls, self.cancelled = list(streams), 0, 0
         self.stream = self
+        self.seen = []
 
     def options(self, stream):
         return self
 
     def remote(self, request):
         self.calls += 1
+        self.seen.append(request)
         return FakeResponse(self, self.streams.pop(0))
 
 
@@ -179,13 +181,14 @@ class FakeResponse:
         self.handle.cancelled += 1
 
 
-def stream_through(handle, monkeypatch):
+def stream_through(handle, monkeypatch, request=None):
     from deployments.protocol import GenerationRequest
 
     monkeypatch.setattr(router, "RETRY_DELAY_S", 0)
 
     async def collect():
-        return [item async for item in ServeBackend({"m": handle}).stream("m", GenerationRequest("r", []))]
+        backend = ServeBackend({"m": handle})
+        return [item async for item in backend.stream("m", request or GenerationRequest("r", []))]
 
     return asyncio.run(collect())
 
@@ -196,13 +199,43 @@ def test_streams_share_the_plain_paths_retry_policy(monkeypatch):
     # a dead engine's answer before any text: retried once, like a plain call
     handle = StreamingHandle([DEAD], [StreamDelta("fine"), OK])
     assert [getattr(i, "text", None) for i in stream_through(handle, monkeypatch)] == ["fine", "fine"]
-    assert handle.calls == 2
-    # a replica lost after text left: no retry (it would repeat the text), the stream ends with the failure
+    assert handle.calls == 2 and handle.seen[1].continue_from is None
+    # lost twice: the second failure is the stream's end
     lost = ActorUnavailableError("gone", None)
-    handle = StreamingHandle([StreamDelta("par"), lost], [OK])
+    handle = StreamingHandle([lost], [StreamDelta("a"), lost])
     items = stream_through(handle, monkeypatch)
-    assert items[0].text == "par" and items[-1].error.kind == "engine_dead" and handle.calls == 1
+    assert items[-1].error.kind == "engine_dead" and handle.calls == 2
     assert "10." not in items[-1].error.message and "gone" not in items[-1].error.message  # Ray's text stays in logs
+
+
+def test_a_free_text_stream_cut_after_text_left_is_resumed_where_it_was_cut(monkeypatch):
+    """The second call continues the answer (its prompt ends with the text sent), first among its peers; the client
+    sees each piece once, and the final result is the whole answer, marked as resumed."""
+    from deployments.protocol import StreamDelta
+
+    lost = ActorUnavailableError("gone", None)
+    rest = GenerationResult(model="m", text="t two", finish_reason="stop", prompt_tokens=9, completion_tokens=4)
+    for cut in (lost, DEAD):  # the replica process died, or its engine did
+        handle = StreamingHandle([StreamDelta("Par"), StreamDelta("t one, "), cut], [StreamDelta("part two"), rest])
+        items = stream_through(handle, monkeypatch)
+        assert [i.text for i in items[:-1]] == ["Par", "t one, ", "part two"]
+        assert handle.calls == 2
+        again = handle.seen[1]
+        assert again.continue_from == "Part one, " and again.priority == "high"
+        final = items[-1]
+        assert final.error is None and final.text == "Part one, t two"
+        assert final.extra["resumed_after_chars"] == len("Part one, ")
+
+
+def test_a_constrained_stream_cut_after_text_left_ends_with_the_failure(monkeypatch):
+    """A continuation would restart the grammar mid-answer, so constrained output is never resumed."""
+    from deployments.protocol import Contract, GenerationRequest, StreamDelta
+
+    lost = ActorUnavailableError("gone", None)
+    handle = StreamingHandle([StreamDelta('{"a": '), lost], [OK])
+    request = GenerationRequest("r", [], contract=Contract(choice=("yes", "no")))
+    items = stream_through(handle, monkeypatch, request)
+    assert items[0].text == '{"a": ' and items[-1].error.kind == "engine_dead" and handle.calls == 1
 
 
 def test_a_consumer_that_stops_early_cancels_the_replicas_stream(monkeypatch):
