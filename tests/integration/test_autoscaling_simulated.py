@@ -80,6 +80,7 @@ COLD_START_DEADLINE_S = 120.0
 REAL_CLIENTS = 8
 REAL_MAX_TOKENS = 64
 SECOND_ENGINE_DEADLINE_S = 180.0
+LIGHT_PAUSE_S = 3.0  # about a 64-token call's time on one of two engines here
 TO_ZERO_DEADLINE_S = 60.0
 
 
@@ -362,8 +363,9 @@ class ClosedLoop:
     handle id, so it sees 0 ongoing requests most of the time under full load, and the policy steps down.
     """
 
-    def __init__(self, clients: int, call: Callable[[int, int], Any], t0: float) -> None:
-        self.clients, self.call, self.t0 = clients, call, t0
+    def __init__(self, clients: int, call: Callable[[int, int], Any], t0: float, pause_s: float = 0.0) -> None:
+        """``pause_s``: each client's think time between its calls (not counted in their latency)."""
+        self.clients, self.call, self.t0, self.pause_s = clients, call, t0, pause_s
         self.calls: list[tuple[float, float, Any]] = []
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(clients)
@@ -376,6 +378,7 @@ class ClosedLoop:
             result = self.call(index, n)
             self.calls.append((began - self.t0, time.monotonic() - began, result))
             n += 1
+            self._stop.wait(self.pause_s)
 
     def __enter__(self) -> ClosedLoop:
         self._futures = [self._pool.submit(self._client, i) for i in range(self.clients)]
@@ -522,6 +525,26 @@ def test_a_real_engine_at_zero_stays_there_under_health_reads_and_wakes_on_a_req
 # 3. Real engines 1 -> 2 under load, then back to 1 and to zero
 
 
+def step_down_under_light_load(
+    cluster: Any, generate: Callable[[int, int], Any], t0: float, after: Timeline
+) -> tuple[ClosedLoop, float, float, list[tuple[float, float]]]:
+    """The load falls to what one engine serves (one client that pauses as long as a call takes, so about half a
+    request in flight, under the policy's 0.8 x target for one replica fewer): the step down to one drains the
+    stopping replica's requests while the light load goes on, and none of them fails. Returns the light load, when
+    one engine was the target, when the stopping one was gone, and the requests in flight across the step."""
+    at_one = lambda o: o.target == 1 and o.running == 1  # noqa: E731
+    with ClosedLoop(1, generate, t0, pause_s=LIGHT_PAUSE_S) as light:
+        t_one = wait_for(REAL, t0, after, at_one, TO_ZERO_DEADLINE_S)
+        assert t_one is not None, "did not step down to one engine" + describe(cluster, REAL, after)
+        t_drained = wait_for(REAL, t0, after, lambda o: o.live == 1, TO_ZERO_DEADLINE_S)
+        assert t_drained is not None, "the stopping engine never went" + describe(cluster, REAL, after)
+    errors = [result.error for _, _, result in light.calls if result.error is not None]
+    assert not errors, errors[:3]
+    stepping = [(began, took) for began, took, _ in light.calls if began < t_drained and began + took > t_one - 2]
+    assert stepping, "no request was in flight while the second engine stopped"
+    return light, t_one, t_drained, stepping
+
+
 @real_engine
 def test_real_engines_scale_to_two_under_load_then_back_to_zero(
     cluster: Any, spec: FleetSpec, plan: Plan, bundled_weights: str
@@ -556,16 +579,14 @@ def test_real_engines_scale_to_two_under_load_then_back_to_zero(
     assert not errors, errors[:3]
 
     after = Timeline()
-    at_one = lambda o: o.target == 1 and o.running == 1  # noqa: E731
-    t_one = wait_for(REAL, load.stopped_at, after, at_one, TO_ZERO_DEADLINE_S, each=at_most_two)
-    assert t_one is not None, "did not step down to one engine" + describe(cluster, REAL, after)
+    light, t_one, t_drained, stepping = step_down_under_light_load(cluster, generate, load.stopped_at, after)
     at_zero = lambda o: o.state == "scaled_to_zero"  # noqa: E731
-    t_zero = wait_for(REAL, load.stopped_at, after, at_zero, TO_ZERO_DEADLINE_S, each=at_most_two)
+    t_zero = wait_for(REAL, light.stopped_at, after, at_zero, TO_ZERO_DEADLINE_S, each=at_most_two)
     assert t_zero is not None, "did not scale to zero" + describe(cluster, REAL, after)
     events = [(old, new) for _, old, new in scaling_log(cluster, REAL)]
     assert events[-2:] == [(2, 1), (1, 0)], events
-    assert t_zero - t_one >= scaling.idle_delay_s - 1.0, f"zero {t_zero - t_one:.1f}s after one engine"
-    t_gone = wait_for(REAL, load.stopped_at, after, lambda o: o.live == 0, TO_ZERO_DEADLINE_S)  # engines stopped
+    assert t_zero >= scaling.idle_delay_s - 1.0, f"zero {t_zero:.1f}s after the last request"
+    t_gone = wait_for(REAL, light.stopped_at, after, lambda o: o.live == 0, TO_ZERO_DEADLINE_S)  # engines stopped
     assert t_gone is not None, "engines still stopping" + describe(cluster, REAL, after)
 
     print(f"\nload timeline:\n{timeline.changes()}\nafter the load:\n{after.changes()}")
@@ -576,6 +597,11 @@ def test_real_engines_scale_to_two_under_load_then_back_to_zero(
     )
     print(f"FIGURE: real generate latency under load {latency([s for _, s, _ in load.calls])}")
     print(
-        f"FIGURE: real after the load: one engine at {t_one:.1f} s, scaled_to_zero at {t_zero:.1f} s "
+        f"FIGURE: real step down under a light load (1 client): one engine at {t_one:.1f} s after the load fell, "
+        f"the stopping engine gone at {t_drained:.1f} s; {len(stepping)} requests in flight across the step down, "
+        f"0 failed, slowest {max(took for _, took in stepping):.1f} s; {len(light.calls)} light requests in all"
+    )
+    print(
+        f"FIGURE: real after the last request: scaled_to_zero at {t_zero:.1f} s "
         f"(idle_delay_s {scaling.idle_delay_s:g}), last engine process gone at {t_gone:.1f} s"
     )
