@@ -54,8 +54,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-STATE_PATH_ENV = "SLMFLEET_STATE_PATH"
-"""Where the state actor snapshots the durable namespaces (a persistent volume in production); unset: memory only."""
 STATE_ACTOR_NAME = "slmfleet-state"
 STATE_NAMESPACE = "slmfleet"
 # Ray's own resource on the head node; Serve's controller asks for it the same way (serve/_private/default_impl.py)

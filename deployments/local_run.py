@@ -11,10 +11,9 @@ import time
 from collections.abc import MutableMapping
 
 from cluster.model_store import resolve_source
-from cluster.render.common import SERVE_ENV
+from cluster.render.common import SERVE_ENV, STATE_PATH_ENV
 from cluster.spec import FleetSpec
 from cluster.spec_errors import SpecError, SpecIssue
-from deployments.fleet_state import STATE_PATH_ENV
 from deployments.pipeline.tools import ToolLoadError, import_callable
 from deployments.router.auth_gate import exposure_issues
 

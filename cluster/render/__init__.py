@@ -11,7 +11,7 @@ from pathlib import Path
 from cluster.placement import plan_from_store
 from cluster.render.common import RenderError, display_path, dump_yaml, header
 from cluster.render.ray_cluster import build_ray_cluster, ray_cluster_text
-from cluster.render.rayservice import build_rayservice, k8s_files, network_policy
+from cluster.render.rayservice import build_rayservice, k8s_files, network_policy, state_volume
 from cluster.render.serve_config import build_serve_config, serve_config_text
 from cluster.spec import load_spec
 
@@ -30,6 +30,7 @@ __all__ = [
     "ray_cluster_text",
     "render_files",
     "serve_config_text",
+    "state_volume",
 ]
 
 

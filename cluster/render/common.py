@@ -36,6 +36,10 @@ SERVE_ENV = {
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
 }
 
+STATE_PATH_ENV = "SLMFLEET_STATE_PATH"
+"""Where the fleet's state actor snapshots its durable namespaces (adapter registry, promotions); read by the router
+replica that creates the actor (``deployments/fleet_state.py``), so renders set it on every Ray container."""
+
 RAY_VERSION = "2.60.0"
 PYTHON_TAG = "py311"
 

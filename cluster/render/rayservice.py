@@ -1,4 +1,5 @@
-"""Spec + plan -> the ``k8s/`` directory: a KubeRay RayService, its NetworkPolicy and a kustomization.
+"""Spec + plan -> the ``k8s/`` directory: a KubeRay RayService, its NetworkPolicy, the fleet state's volume claim
+and a kustomization.
 
 - The head pod serves no models: ``num-cpus: "0"`` and ``num-gpus: "0"`` leave only Serve's controller and proxy
   (which ask for no CPU) there. Each pool is one worker group pinned to its nodes by the ``slmfleet.io/pool`` node
@@ -7,6 +8,9 @@
 - Clients reach the fleet through the RayService's ``serveService`` (named after the app): KubeRay points it at the
   cluster whose Serve applications are ready, which is what makes upgrades drop no traffic.
 - API keys come from a Secret the user creates (see :data:`API_KEYS_SECRET`); nothing secret is rendered.
+- The fleet's durable state (registered adapters, promotions) is snapshot by the state actor, which lives on the
+  head node, to a file on the claim :data:`STATE_CLAIM` that the head pod mounts; every container names the file
+  (``SLMFLEET_STATE_PATH``), since the router replica that creates the actor tells it where to write.
 - Pods are selected by ``slmfleet.io/fleet``: KubeRay's ``ray.io/cluster`` label carries a generated name that
   changes with every cluster upgrade, and it overwrites ``app.kubernetes.io/name`` on Ray pods.
 """
@@ -23,6 +27,7 @@ from cluster.render.common import (
     PYTHON_TAG,
     RAY_VERSION,
     SERVE_ENV,
+    STATE_PATH_ENV,
     RenderError,
     dump_documents,
     dump_yaml,
@@ -47,7 +52,11 @@ HEAD_MEMORY = "16Gi"
 SERVE_PORT_NAME = "serve"
 RAY_PORTS = {"gcs-server": 6379, "dashboard": 8265, "client": 10001}
 OPERATOR_POD_LABELS = {"app.kubernetes.io/component": "kuberay-operator"}  # KubeRay's Helm chart
-FILES = ("rayservice.yaml", "networkpolicy.yaml", "kustomization.yaml")
+STATE_CLAIM = "slmfleet-state"  # the head's volume for the fleet's durable state (adapter registry, promotions)
+STATE_MOUNT = "/var/lib/slmfleet"
+STATE_FILE = f"{STATE_MOUNT}/state.json"
+STATE_SIZE = "1Gi"
+FILES = ("rayservice.yaml", "networkpolicy.yaml", "state-volume.yaml", "kustomization.yaml")
 
 
 def check_exposable(spec: FleetSpec) -> None:
@@ -67,6 +76,8 @@ def check_exposable(spec: FleetSpec) -> None:
 def container_env(spec: FleetSpec) -> list[dict[str, Any]]:
     """Environment of every Ray container: Serve's settings, the API keys from the Secret, the optional HF token."""
     env: list[dict[str, Any]] = [{"name": name, "value": value} for name, value in SERVE_ENV.items()]
+    # the router replica that creates the state actor passes it this path; the actor lives on the head, which mounts it
+    env.append({"name": STATE_PATH_ENV, "value": STATE_FILE})
     if spec.server.api_keys_env:
         env.append(_secret_env(spec.server.api_keys_env, API_KEYS_SECRET, API_KEYS_SECRET_KEY, optional=False))
     env.append(_secret_env("HF_TOKEN", HF_TOKEN_SECRET, HF_TOKEN_SECRET_KEY, optional=True))
@@ -124,12 +135,14 @@ def head_group(spec: FleetSpec) -> dict[str, Any]:
         "ports": ports,
         "env": container_env(spec),
         "resources": {"requests": dict(resources), "limits": dict(resources)},
+        "volumeMounts": [{"name": "fleet-state", "mountPath": STATE_MOUNT}],
     }
+    volume = {"name": "fleet-state", "persistentVolumeClaim": {"claimName": STATE_CLAIM}}
     return {
         "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0", "num-gpus": "0"},
         "template": {
             "metadata": {"labels": {FLEET_LABEL: APP_NAME, ROLE_LABEL: "head"}},
-            "spec": {"containers": [container]},
+            "spec": {"containers": [container], "volumes": [volume]},
         },
     }
 
@@ -187,6 +200,18 @@ def network_policy(spec: FleetSpec) -> dict[str, Any]:
     }
 
 
+def state_volume() -> dict[str, Any]:
+    """The claim the head pod mounts for the state actor's snapshot, so registered adapters and promotions outlive
+    the head pod. ReadWriteMany: during a NewCluster upgrade the old and the new head pod hold it at once (with
+    ReadWriteOnce on two nodes the new head would wait Pending and the upgrade never finish)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": STATE_CLAIM, "labels": {FLEET_LABEL: APP_NAME}},
+        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": STATE_SIZE}}},
+    }
+
+
 def kustomization() -> dict[str, Any]:
     """``kubectl apply -k k8s/`` applies both manifests; an overlay sets the image and namespace (docs/deploy.md)."""
     return {
@@ -205,8 +230,13 @@ def k8s_files(spec: FleetSpec, plan: Plan, source: str, command: str) -> dict[st
         f"Image: {IMAGE}:{IMAGE_TAG} is a placeholder; set yours in a kustomize overlay (docs/deploy.md).\n"
         "Deploy: kubectl apply -k k8s/   (or your overlay)"
     )
+    state_note = (
+        "The cluster's default storage class must offer ReadWriteMany (NFS, EFS, Filestore), or set\n"
+        "spec.storageClassName to one that does in an overlay (docs/deploy.md)."
+    )
     return {
         "rayservice.yaml": header(command, source, secret_note) + dump_yaml(build_rayservice(spec, plan)),
         "networkpolicy.yaml": header(command, source) + dump_documents([network_policy(spec)]),
+        "state-volume.yaml": header(command, source, state_note) + dump_yaml(state_volume()),
         "kustomization.yaml": header(command, source) + dump_yaml(kustomization()),
     }

@@ -25,9 +25,9 @@ from ray.serve.handle import DeploymentHandle
 
 from cluster.admission import DEFAULT_QUEUE_OBJECTIVE_S, model_objective_s, queue_budget, tighter
 from cluster.cost import PriceBook, llm_reference_model
-from cluster.render.common import model_deployment_name
+from cluster.render.common import STATE_PATH_ENV, model_deployment_name
 from cluster.spec import AdapterSpec, FleetSpec, SpecialistSpec, UsageLogSpec, parse_spec
-from deployments.fleet_state import STATE_PATH_ENV, FleetState
+from deployments.fleet_state import FleetState
 from deployments.model.adapters import adapter_key
 from deployments.observability.metrics import FleetMetrics
 from deployments.observability.telemetry import configure_tracing, current_context_carrier

@@ -357,6 +357,29 @@ def test_network_policy_exposes_only_the_serve_port(production) -> None:
     assert policy["spec"]["policyTypes"] == ["Ingress"]
 
 
+def test_the_fleet_state_outlives_the_head_pod_on_a_claim_both_heads_of_an_upgrade_can_hold(
+    rayservice_doc,
+) -> None:
+    """The state actor lives on the head and snapshots to the file every container names (the router replica that
+    creates the actor passes its own value): the head mounts the claim there; ReadWriteMany, since during a
+    NewCluster upgrade the old and the new head pod both hold it."""
+    from cluster.render.common import STATE_PATH_ENV
+
+    claim = render.state_volume()
+    k8s_validate(claim)
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    cluster = rayservice_doc["spec"]["rayClusterConfig"]
+    head = cluster["headGroupSpec"]["template"]["spec"]
+    (volume,) = head["volumes"]
+    assert volume["persistentVolumeClaim"] == {"claimName": claim["metadata"]["name"]}
+    (mount,) = head["containers"][0]["volumeMounts"]
+    assert mount["name"] == volume["name"]
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        (container,) = group["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env[STATE_PATH_ENV].startswith(mount["mountPath"] + "/"), group.get("groupName", "head")
+
+
 def test_no_secret_value_is_ever_rendered(monkeypatch) -> None:
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("SLMFLEET_API_KEYS", "sk-do-not-leak")
@@ -388,7 +411,7 @@ def test_kustomize_builds_the_directory() -> None:
     out = subprocess.run(command, check=False, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     kinds = sorted(doc["kind"] for doc in yaml.safe_load_all(out.stdout) if doc)
-    assert kinds == ["NetworkPolicy", "RayService"]
+    assert kinds == ["NetworkPolicy", "PersistentVolumeClaim", "RayService"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
