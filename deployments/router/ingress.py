@@ -166,7 +166,7 @@ class ServeBackend:
                     yield lost
                     return
             if sent:
-                request, sent = resumed(request, "".join(sent)), []
+                request = resumed(request, "".join(sent))
                 log.warning(
                     "model %s failed mid-stream; resuming after %d characters", model, len(request.continue_from)
                 )
@@ -256,7 +256,7 @@ def resumable(request: GenerationRequest) -> bool:
 def resumed(request: GenerationRequest, sent: str) -> GenerationRequest:
     """The request that continues a stream cut after ``sent``: the engine picks the answer up where it stopped,
     and it is admitted first among its peers (``high``), since its client already holds half of it."""
-    return replace(request, continue_from=(request.continue_from or "") + sent, priority="high")
+    return replace(request, continue_from=sent, priority="high")
 
 
 def _whole(result: GenerationResult, request: GenerationRequest) -> GenerationResult:
