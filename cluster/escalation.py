@@ -35,7 +35,7 @@ try:  # jsonschema ships with Ray and the test extra; the fallback keeps cluster
 except ImportError:  # pragma: no cover - exercised only where jsonschema is absent
     jsonschema = None  # type: ignore[assignment]
 
-UNAVAILABLE_KINDS = frozenset({"engine_dead", "overloaded", "internal", "timeout", "cold_start"})
+UNAVAILABLE_KINDS = frozenset({"engine_dead", "overloaded", "internal", "timeout", "cold_start", "adapter_refused"})
 Action = Literal["accept", "retry", "escalate", "fail"]
 
 

@@ -21,6 +21,7 @@ ErrorKind = Literal[
     "internal",
     "output_invalid",
     "cold_start",
+    "adapter_refused",
 ]
 ToolChoice = Literal["none", "auto", "required"]
 

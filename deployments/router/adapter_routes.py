@@ -38,6 +38,8 @@ class AdapterAdmin:
     delete: Callable[[str], Awaitable[bool]]
     probe: Callable[[str, AdapterSpec], Awaitable[dict[str, Any]]]
     refresh: Callable[[], Awaitable[None]]  # re-read the registry now (this replica serves the change at once)
+    # a spec adapter's probe on this replica and why it is refused (None, None before its specialist's first call)
+    spec_probe: Callable[[FleetSpec, str], tuple[dict[str, Any] | None, str | None]] = lambda *_: (None, None)
 
 
 def add_adapter_routes(app: FastAPI, admin: AdapterAdmin) -> None:
@@ -45,7 +47,9 @@ def add_adapter_routes(app: FastAPI, admin: AdapterAdmin) -> None:
     async def list_adapters() -> dict[str, Any]:
         entries, base = await admin.entries(), admin.base_spec()
         data = [
-            _listing(name, s, "spec" if name in base.specialists else "runtime", entries.get(name, {}).get("probe"))
+            _spec_listing(name, s, *admin.spec_probe(base, name))
+            if name in base.specialists
+            else _listing(name, s, "runtime", entries.get(name, {}).get("probe"))
             for name, s in admin.served_spec().specialists.items()
             if s.adapter is not None
         ]
@@ -91,6 +95,17 @@ def _refusal(name: str, body: SpecialistSpec, spec: FleetSpec) -> Response | Non
         status = 409 if reason == SPEC_OWNS_NAME else 400
         return error_response(status, f"cannot register '{name}': {reason}", "adapter_not_registrable", "model")
     return None
+
+
+def _spec_listing(
+    name: str, specialist: SpecialistSpec, probe: dict[str, Any] | None, refused: str | None
+) -> dict[str, Any]:
+    """A spec adapter: probed on its specialist's first call at this replica (``probe`` null until then), inactive
+    with the reason when the probe refused it."""
+    listing = _listing(name, specialist, "spec", probe)
+    if refused is not None:
+        listing.update(active=False, reason=refused)
+    return listing
 
 
 def _listing(name: str, specialist: SpecialistSpec, origin: str, probe: dict[str, Any] | None) -> dict[str, Any]:

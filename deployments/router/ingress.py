@@ -45,6 +45,7 @@ from deployments.router.fleet_health import ServeDetailsCache, fleet_health, mod
 from deployments.router.promotion_routes import PromotionAdmin
 from deployments.router.promotions import PROMOTIONS_NAMESPACE, PromotionRouting, TaskMatcher, promotions_from
 from deployments.router.refusal_memo import RefusalMemo
+from deployments.router.spec_adapter_probes import SpecAdapterProbes
 from deployments.router.usage_log import UsageLog, UsageRecorder, stream_name
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,8 @@ class ServeBackend:
         self.objectives = objectives or {}
         self.refusals = RefusalMemo()
         self.usage: UsageRecorder | None = None  # records opted-in LLM-tier calls (see usage_log)
+        # why a specialist may not be served (a spec adapter that failed its probe), None when it may
+        self.adapter_check: Callable[[str | None], Awaitable[str | None]] | None = None
 
     def _refused_here(self, model: str, request: GenerationRequest) -> GenerationResult | None:
         """The model's recent refusal applied to this request without a call (see :mod:`refusal_memo`)."""
@@ -100,9 +103,17 @@ class ServeBackend:
             priority=CALLER_PRIORITY.get(),
         )
 
+    async def _not_served(self, model: str, request: GenerationRequest) -> GenerationResult | None:
+        """A refusal without a model call: the specialist's spec adapter failed its probe, or the model's recent
+        overload refusal applies (see :mod:`refusal_memo`)."""
+        if self.adapter_check is not None and (reason := await self.adapter_check(request.specialist)):
+            message = f"specialist '{request.specialist}' is not served: {reason}; fix its adapter or remove it"
+            return failure(model, "adapter_refused", message)
+        return self._refused_here(model, request)
+
     async def complete(self, model: str, request: GenerationRequest) -> GenerationResult:
         request = self._outgoing(request)
-        refused = self._refused_here(model, request)
+        refused = await self._not_served(model, request)
         if refused is not None:
             return refused
         result = await self._with_retry(model, lambda: self._handle(model, request).generate.remote(request))
@@ -112,7 +123,7 @@ class ServeBackend:
 
     async def stream(self, model: str, request: GenerationRequest) -> AsyncIterator[StreamDelta | GenerationResult]:
         request = self._outgoing(request)
-        refused = self._refused_here(model, request)
+        refused = await self._not_served(model, request)
         if refused is not None:
             yield refused
             return
@@ -203,7 +214,7 @@ class ServeBackend:
             return await asyncio.wait_for(self.handles[model].probe_adapter.remote(adapter), PROBE_TIMEOUT_S)
         except Exception as exc:  # no replica answered: Ray's text goes to the log
             log.warning("probing an adapter on model %s failed: %r", model, exc)
-            return {"error": f"model '{model}' did not answer the probe ({type(exc).__name__})"}
+            return {"error": f"model '{model}' did not answer the probe ({type(exc).__name__})", "retry": True}
 
     async def _serve_instance_details(self) -> dict[str, Any]:
         """Serve's own view of every app, deployment and replica, from its controller actor."""
@@ -339,11 +350,13 @@ def router_state(
     usage_log_for: Callable[[UsageLogSpec | None], UsageLog | None] | None = None,
     promoted: dict[str, Any] | None = None,
     matcher: TaskMatcher | None = None,
+    spec_probes: SpecAdapterProbes | None = None,
 ) -> RouterState:
     """The router's state from its ``user_config`` (``{spec, replica_per_hour}``) and the adapter registry's
     entries; a bad spec raises SpecError. ``shared`` is the fleet's shared store, where the LLM tier's budget is
     counted. ``usage_log_for(settings)`` gives the replica's usage-log writer for the spec's settings; ``promoted`` are
-    the promotions' entries, matched with the replica's ``matcher``."""
+    the promotions' entries, matched with the replica's ``matcher``; ``spec_probes`` keeps the replica's verdicts on
+    the spec's adapters."""
     base_spec = parse_spec(config.get("spec"), "<router user_config: spec>")
     spec, set_aside = with_registered(base_spec, registered or {})
     for name, reason in set_aside.items():
@@ -354,6 +367,8 @@ def router_state(
     at_zero = frozenset(name for name, model in spec.models.items() if model.autoscaling.min_replicas == 0)
     objectives = {name: model_objective_s(m.latency_objective_s) for name, m in spec.models.items()}
     backend = ServeBackend(model_handles(spec), dict(spec.specialists), metrics, at_zero, objectives)
+    if spec_probes is not None:
+        backend.adapter_check = functools.partial(spec_probes.refusal, base_spec, backend.probe_adapter)
     usage_log = usage_log_for(spec.usage_log) if usage_log_for is not None else None
     if usage_log is not None:
         backend.usage = UsageRecorder(spec, prices, usage_log)
@@ -399,6 +414,7 @@ class Router:
         self.usage_log: UsageLog | None = None  # this replica's writer, kept while the spec's settings stay
         self.promoted: dict[str, Any] = {}
         self.matcher = TaskMatcher()  # the replica's embedding model, loaded when the first promotion appears
+        self.spec_probes = SpecAdapterProbes()  # this replica's verdicts on the spec's adapters
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Called by Serve at start and whenever the deployment's user_config changes."""
@@ -415,6 +431,7 @@ class Router:
             usage_log_for=self._usage_log_for,
             promoted=promoted,
             matcher=self.matcher,
+            spec_probes=self.spec_probes,
         )
         self.swappable.current = build_api(
             state.spec,
@@ -477,6 +494,7 @@ class Router:
             delete=lambda name: shared.delete(REGISTRY_NAMESPACE, name),
             probe=state.backend.probe_adapter,
             refresh=lambda: self._refresh_registry(force=True),
+            spec_probe=self.spec_probes.kept,
         )
 
     def _promotion_admin(self, state: RouterState) -> PromotionAdmin:

@@ -25,6 +25,7 @@ STATUS_BY_KIND = {
     "overloaded": 503,
     "engine_dead": 503,
     "cold_start": 503,
+    "adapter_refused": 503,  # a spec adapter that failed its probe (deployments/router/spec_adapter_probes.py)
     "timeout": 504,
     "internal": 500,
 }

@@ -36,16 +36,17 @@ def e2e_spec(path: Path, gate_url: str, adapters: dict[str, Path]) -> Path:
     specialist whose every chat call escalates; a scale-to-zero model, ``cold`` (SmolLM2 again, starting at
     zero replicas, back to zero after 10 idle seconds), with ``extract-cold``, the extract specialist on it; and
     ``gated-failover``, classify and reply on smol with a test-controlled tool step (``gate``) between them. smol
-    has LoRA slots, and ``tuned-a``/``tuned-b`` are adapter specialists on it (``adapters`` made by peft). The usage
+    has LoRA slots, and ``tuned-a``/``tuned-b`` are adapter specialists on it (``adapters`` made by peft), as is
+    ``untrained-spec``, whose adapter changes nothing (its probe must refuse it). The usage
     log records ``intent-unsure``'s and ``triage-always-escalate``'s calls that reach the LLM tier; promotions move
     fast (``conversion``)."""
     spec = yaml.safe_load((ROOT / "fleet.yaml").read_text())
     # 4 slots: at max_loras 2, two adapters and the base batched together changed answers (vLLM 0.32 CPU, measured)
     spec["models"]["smol"]["lora"] = {"max_loras": 4, "max_lora_rank": 8, "max_cpu_loras": 4}
-    for name in ("tuned-a", "tuned-b"):
+    for name, adapter in (("tuned-a", "tuned-a"), ("tuned-b", "tuned-b"), ("untrained-spec", "untrained")):
         spec["specialists"][name] = {
             "model": "smol",
-            "adapter": {"source": str(adapters[name])},
+            "adapter": {"source": str(adapters[adapter])},
             "sampling": {"temperature": 0.0, "max_tokens": 16},
         }
     demo = copy.deepcopy(spec["pipelines"]["support-triage"])

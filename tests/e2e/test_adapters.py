@@ -53,6 +53,23 @@ def test_two_adapters_and_the_base_interleaved_each_give_their_solo_answer(clien
     assert mismatches == []
 
 
+def test_a_spec_adapter_is_probed_on_first_use_and_a_do_nothing_one_never_serves_the_base(fleet: Fleet, client):
+    """``untrained-spec`` (peft's B = 0 init) passes ``validate`` (its files fit smol) but changes nothing: its first
+    call probes it and it is refused with the reason, never answered by the base model under its name; ``tuned-a``'s
+    probe passed and is listed."""
+    with pytest.raises(openai.APIStatusError) as refused:
+        ask(client, "untrained-spec")
+    assert refused.value.status_code == 503, refused.value
+    error = refused.value.body
+    assert error["code"] == "adapter_refused" and "does not change the model's output" in error["message"], error
+    ask(client, "tuned-a")
+    listing = httpx.get(f"{fleet.url}/admin/adapters", timeout=30).json()["data"]
+    by_name = {item["name"]: item for item in listing}
+    untrained = by_name["untrained-spec"]
+    assert untrained["active"] is False and "does not change" in untrained["reason"], untrained
+    assert by_name["tuned-a"]["active"] is True and by_name["tuned-a"]["probe"]["divergence"] > 0.01, by_name
+
+
 def first_token_logprob(client, model: str) -> float:
     """Greedy text can coincide (two random adapters both answer a list of colours); log-probabilities do not."""
     reply = client.chat.completions.create(
