@@ -4,13 +4,10 @@ replica's fetch of ``s3://`` and ``gs://`` adapters, and a router's usage log sh
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from cluster.adapter_files import AdapterFileError
@@ -19,50 +16,26 @@ from cluster.convert.sealed_log import generate_key_pair
 from cluster.spec import AdapterSpec, UsageLogSpec
 from deployments.model.adapters import fetch_adapter
 from deployments.router.usage_log import UsageLog
-from tests.ports import free_port
+from tests.object_stores import gcs_server, s3_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
-BIN = Path(sys.executable).parent
 FILES = {"adapter_config.json": b'{"peft_type": "LORA", "r": 8}', "adapter_model.safetensors": b"weights" * 1000}
 
 
-def serving(command: list[str], url: str) -> Iterator[str]:
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(url, timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        else:
-            pytest.fail(f"{command[0]} did not start")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
+@pytest.fixture
+def s3(monkeypatch) -> Iterator[dict[str, str]]:
+    with s3_server() as env:
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        yield env
 
 
 @pytest.fixture
-def s3(monkeypatch) -> Iterator[str]:
-    port = free_port()
-    for key, value in {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(key, value)
-    yield from serving([str(BIN / "moto_server"), "-p", str(port)], f"http://127.0.0.1:{port}")
-
-
-@pytest.fixture
-def gcs(monkeypatch) -> Iterator[str]:
-    port = free_port()
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
-    command = [str(BIN / "gcp-storage-emulator"), "start", "--port", str(port), "--in-memory", "-q"]
-    yield from serving(command, f"http://127.0.0.1:{port}")
+def gcs(monkeypatch) -> Iterator[dict[str, str]]:
+    with gcs_server() as env:
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        yield env
 
 
 def test_an_s3_adapter_is_downloaded_whole_and_a_missing_prefix_is_a_clear_error(s3, tmp_path: Path) -> None:
