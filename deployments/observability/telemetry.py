@@ -41,7 +41,8 @@ def configure_tracing(service_name: str) -> None:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    # process.pid tells replicas of one deployment apart (which router replica served a request)
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name, "process.pid": os.getpid()}))
     for exporter in exporters:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)

@@ -17,6 +17,7 @@ from cluster.convert.sealed_log import generate_key_pair
 from tests.adapters import make_adapter
 from tests.e2e.tool_gate import ToolGate
 from tests.fleet_process import ROOT, Fleet, start_fleet, stop
+from tests.object_stores import gcs_server, s3_server
 
 RANDOM_ADAPTERS = ("tuned-a", "tuned-b", "late", "survivor")
 
@@ -117,7 +118,19 @@ def adapters(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="package")
-def fleet(tmp_path_factory, gate: ToolGate, adapters: dict[str, Path]) -> Iterator[Fleet]:
+def object_stores() -> Iterator[dict[str, str]]:
+    """Local S3 and GCS servers, and their variables set for the fleet (its replicas fetch s3:// and gs:// adapters
+    with boto3 and google-cloud-storage, pointed at these servers as they would be at the real ones)."""
+    with s3_server() as s3, gcs_server() as gcs, pytest.MonkeyPatch.context() as env:
+        for key, value in {**s3, **gcs}.items():
+            env.setenv(key, value)
+        yield {**s3, **gcs}
+
+
+@pytest.fixture(scope="package")
+def fleet(
+    tmp_path_factory, gate: ToolGate, adapters: dict[str, Path], object_stores: dict[str, str]
+) -> Iterator[Fleet]:
     work = tmp_path_factory.mktemp("fleet")
     running = start_fleet(work, e2e_spec(work / "fleet.yaml", gate.url, adapters))
     try:

@@ -7,6 +7,7 @@ were made by peft in the package's setup (random LoRA weights, so each visibly c
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,8 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
+import yaml
 
 from cluster.cli import local_state_path
+from deployments.router.adapter_registry import REFRESH_S
 from tests.fleet_process import Fleet
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -138,6 +141,90 @@ def test_a_runtime_adapter_is_served_by_a_restarted_router_without_registering_a
         assert chat(http, "router-restart") == first
     finally:
         http.delete("/admin/adapters/router-restart")
+
+
+def upload(folder, bucket: str, prefix: str) -> None:
+    """An adapter's files to s3://bucket/prefix and gs://bucket/prefix (the local servers of ``object_stores``)."""
+    import boto3
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=bucket)
+    gcs = storage.Client(project="test", credentials=AnonymousCredentials()).create_bucket(bucket)
+    for path in folder.iterdir():
+        s3.upload_file(str(path), bucket, f"{prefix}/{path.name}")
+        gcs.blob(f"{prefix}/{path.name}").upload_from_filename(str(path))
+
+
+def test_adapters_from_s3_and_gcs_register_and_serve_through_the_fleet(fleet: Fleet, client, adapters) -> None:
+    """tuned-a's files, uploaded to both object stores, registered at runtime from there: the replica downloads
+    them (probe included) and each answers exactly as tuned-a does from its local folder."""
+    upload(adapters["tuned-a"], "adapters", "tuned-a/v1")
+    http = httpx.Client(base_url=fleet.url, timeout=300)
+    local = ask(client, "tuned-a")
+    try:
+        for name, source in (("from-s3", "s3://adapters/tuned-a/v1"), ("from-gcs", "gs://adapters/tuned-a/v1")):
+            registered = http.put(f"/admin/adapters/{name}", json={"model": "smol", "adapter": {"source": source}})
+            assert registered.status_code == 201, registered.text
+            assert ask(client, name) == local, name
+        missing = {"model": "smol", "adapter": {"source": "s3://adapters/nothing/here"}}
+        refused = http.put("/admin/adapters/from-nowhere", json=missing)
+        assert refused.status_code == 422, refused.text
+    finally:
+        http.delete("/admin/adapters/from-s3")
+        http.delete("/admin/adapters/from-gcs")
+
+
+def router_pids_of(fleet: Fleet, specialist: str) -> set[int]:
+    """The router processes that served calls to ``specialist``, from the trace file: each engine span names its
+    specialist, and its trace's root span was recorded by the router replica that took the request."""
+    spans = [json.loads(line) for line in fleet.trace_file.read_text().splitlines() if line.strip()]
+    traces = {
+        s["context"]["trace_id"]
+        for s in spans
+        if s["name"] == "engine.generate" and s["attributes"].get("slmfleet.specialist") == specialist
+    }
+    return {
+        s["resource"]["attributes"]["process.pid"]
+        for s in spans
+        if s["context"]["trace_id"] in traces and s["name"] == "POST /v1/chat/completions"
+    }
+
+
+def test_a_runtime_adapter_reaches_a_second_router_replica_through_the_shared_registry(
+    fleet: Fleet, gate, adapters, tmp_path
+) -> None:
+    """The router scaled to two replicas by a live spec edit; an adapter registered through one of them (whichever
+    Serve's proxy picked) is served by both within the registry's refresh, with one answer, never registered twice."""
+    from tests.e2e.conftest import e2e_spec
+    from tests.e2e.test_live_spec_edits import cli, replica_ids, write_spec
+
+    address = fleet.ray_address()
+    base = yaml.safe_load(e2e_spec(tmp_path / "base.yaml", gate.url, adapters).read_text())
+    two = copy.deepcopy(base)
+    two["server"]["router"] = {"min_replicas": 2, "max_replicas": 2}
+    http = httpx.Client(base_url=fleet.url, timeout=300)
+    cli("apply", str(write_spec(tmp_path / "two-routers.yaml", two)), "--address", address)
+    try:
+        deadline = time.monotonic() + 180
+        while len(replica_ids(address)["slmfleet/router"]) < 2 and time.monotonic() < deadline:
+            time.sleep(2)
+        assert len(replica_ids(address)["slmfleet/router"]) == 2
+        body = {"model": "smol", "adapter": {"source": str(adapters["late"])}}
+        assert http.put("/admin/adapters/two-routers", json=body).status_code == 201
+        time.sleep(2 * REFRESH_S)  # every router replica re-reads the registry within REFRESH_S
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda _: chat(http, "two-routers"), range(16)))
+        assert len(set(answers)) == 1 and answers[0] != chat(http, "smol"), answers
+        deadline, pids = time.monotonic() + 30, set()
+        while len(pids) < 2 and time.monotonic() < deadline:  # each process exports its spans in batches
+            time.sleep(1)
+            pids = router_pids_of(fleet, "two-routers")
+        assert len(pids) == 2, f"16 calls were served by router processes {pids}; both replicas should serve"
+    finally:
+        http.delete("/admin/adapters/two-routers")
+        cli("apply", str(write_spec(tmp_path / "one-router.yaml", base)), "--address", address)
 
 
 def chat(http: httpx.Client, model: str) -> str:
