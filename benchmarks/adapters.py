@@ -52,8 +52,10 @@ async def chat(http: httpx.AsyncClient, model: str, prompt: str) -> int:
     return answer.json()["usage"]["completion_tokens"]
 
 
-async def hot_load(url: str, folders: list[Path]) -> list[float]:
-    """Seconds from each registration call to the first answer of its specialist."""
+async def hot_load(url: str, folders: list[Path]) -> list[tuple[float, float, float]]:
+    """Per registration: seconds from the registration call to the first answer of its specialist, of which the
+    registration (load, probe, store) and the first answer; and the answer of a base-model call right after, which
+    is what the first answer would take without the adapter."""
     times = []
     async with httpx.AsyncClient(base_url=url, timeout=300) as http:
         for index, folder in enumerate(folders):
@@ -62,8 +64,11 @@ async def hot_load(url: str, folders: list[Path]) -> list[float]:
                 f"/admin/adapters/a{index}", json={"model": "tuned", "adapter": {"source": str(folder)}}
             )
             put.raise_for_status()
+            registered = time.perf_counter()
             await chat(http, f"a{index}", PROMPTS[0])
-            times.append(time.perf_counter() - started)
+            answered = time.perf_counter()
+            await chat(http, "tuned", PROMPTS[0])
+            times.append((answered - started, registered - started, time.perf_counter() - answered))
     return times
 
 
@@ -97,10 +102,13 @@ def main() -> None:
     with running_fleet(work=work, spec=bench_spec(work / "fleet.yaml")) as url:
         asyncio.run(throughput(url, ["plain", "tuned"], 4, 5))  # warm both engines
         engine_pid, before = replica_process("model-tuned").pid, rss_gib("model-tuned")
-        loads = asyncio.run(hot_load(url, folders))
+        split = asyncio.run(hot_load(url, folders))
+        loads = [total for total, _, _ in split]
         after = rss_gib("model-tuned")
         assert replica_process("model-tuned").pid == engine_pid, "a replica restarted during hot-load"
         print("hot-load per registration, in order (s): " + ", ".join(f"{t:.2f}" for t in loads))
+        print("  of which registration (load + probe + store): " + ", ".join(f"{r:.2f}" for _, r, _ in split))
+        print("  a base-model answer right after, for scale: " + ", ".join(f"{b:.2f}" for _, _, b in split))
         print(
             f"hot-load ({len(loads)} adapters, registration to first answer): p50 {statistics.median(loads):.2f} s, "
             f"p99 {percentile(loads, 99):.2f} s, max {max(loads):.2f} s; no replica started"
