@@ -11,7 +11,6 @@ import asyncio
 import functools
 import logging
 import os
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -42,6 +41,7 @@ from deployments.router.api import build_api
 from deployments.router.auth_gate import CALLER_PRIORITY, AuthGate, gate_for
 from deployments.router.escalation_budget import EscalationBudget, budget_from_spec
 from deployments.router.fleet_health import ServeDetailsCache, fleet_health, model_health
+from deployments.router.periodic_read import PeriodicRead
 from deployments.router.promotion_routes import PromotionAdmin
 from deployments.router.promotions import PROMOTIONS_NAMESPACE, PromotionRouting, TaskMatcher, promotions_from
 from deployments.router.refusal_memo import RefusalMemo
@@ -403,14 +403,15 @@ class Router:
 
     def __init__(self) -> None:
         configure_tracing("slmfleet-router")
-        self.swappable = SwappableApp(self._refresh_registry)  # not `app`: the ingress wrapper owns that name
+        # the registry and promotions, re-read at most once a REFRESH_S on the request path (see periodic_read)
+        self.refresh_registry = PeriodicRead(self._read_registry, REFRESH_S)
+        self.swappable = SwappableApp(self.refresh_registry)  # not `app`: the ingress wrapper owns that name
         self.metrics = FleetMetrics(PriceBook({}), None)  # one set of counters for the replica's life
         # the fleet's one shared store (created by the first replica): what every router replica must agree on
         self.shared_state = FleetState.connect(os.environ.get(STATE_PATH_ENV), timeout_s=SHARED_STATE_TIMEOUT_S)
         self.state: RouterState | None = None
         self.config: dict[str, Any] = {}
         self.registered: dict[str, Any] = {}
-        self.registry_read_at = float("-inf")
         self.usage_log: UsageLog | None = None  # this replica's writer, kept while the spec's settings stay
         self.promoted: dict[str, Any] = {}
         self.matcher = TaskMatcher()  # the replica's embedding model, loaded when the first promotion appears
@@ -466,13 +467,9 @@ class Router:
         if getattr(self, "usage_log", None) is not None:
             self.usage_log.close()
 
-    async def _refresh_registry(self, force: bool = False) -> None:
-        """Re-read the adapter registry when this replica's copy is older than REFRESH_S (one store call a second
-        at most); a changed registry rebuilds the app. An unreachable store keeps the current copy."""
-        now = time.monotonic()
-        if not force and now - self.registry_read_at < REFRESH_S:
-            return
-        self.registry_read_at = now
+    async def _read_registry(self) -> None:
+        """Read the adapter registry and the promotions; a change rebuilds the app. An unreachable store keeps the
+        current copy."""
         try:
             entries = await self.shared_state.items(REGISTRY_NAMESPACE)
             promoted = await self.shared_state.items(PROMOTIONS_NAMESPACE)
@@ -493,7 +490,7 @@ class Router:
             put=functools.partial(shared.put, REGISTRY_NAMESPACE),
             delete=lambda name: shared.delete(REGISTRY_NAMESPACE, name),
             probe=state.backend.probe_adapter,
-            refresh=lambda: self._refresh_registry(force=True),
+            refresh=lambda: self.refresh_registry(force=True),
             spec_probe=self.spec_probes.kept,
         )
 
@@ -506,7 +503,7 @@ class Router:
             entries=lambda: shared.items(PROMOTIONS_NAMESPACE),
             put=functools.partial(shared.put, PROMOTIONS_NAMESPACE),
             delete=lambda name: shared.delete(PROMOTIONS_NAMESPACE, name),
-            refresh=lambda: self._refresh_registry(force=True),
+            refresh=lambda: self.refresh_registry(force=True),
         )
 
     def __serve_build_asgi_app__(self) -> SwappableApp:
