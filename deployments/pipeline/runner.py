@@ -42,13 +42,14 @@ from deployments.pipeline.result import (
     StepStatus,
 )
 from deployments.pipeline.tools import ToolRegistry, ToolResult
-from deployments.protocol import Contract, GenerationRequest, GenerationResult, StreamDelta
+from deployments.protocol import Contract, GenerationError, GenerationRequest, GenerationResult, StreamDelta
 
 if TYPE_CHECKING:
     from deployments.router.escalation_budget import EscalationBudget
 
 ModelCaller = Callable[[str, GenerationRequest], Awaitable[GenerationResult]]
 ModelStreamer = Callable[[str, GenerationRequest], AsyncIterator[StreamDelta | GenerationResult]]
+Readiness = Callable[[str], Awaitable[GenerationError | None]]
 Emit = Callable[[StepEvent], None]
 DEFAULT_MAX_TOKENS = 256
 log = logging.getLogger(__name__)
@@ -217,14 +218,19 @@ class PipelineRunner:
         on_finished: Callable[[PipelineResult], None] | None = None,
         stream_model: ModelStreamer | None = None,
         budget: EscalationBudget | None = None,
+        unready: Readiness | None = None,
     ) -> None:
         """``on_finished`` sees every finished run, JSON or streamed (the router counts runs and escalations).
+
+        With ``unready`` (why a model has no running replica, or None), a step that may escalate for
+        ``unavailable`` does so at once when its model is down or at zero, instead of waiting out its timeout.
 
         With ``stream_model``, an event-streamed run sends its output step's text as ``step_delta`` events while
         the model generates it (see :func:`_live_step`).
         """
         self._stream_model = stream_model
         self._budget = budget  # caps capacity escalations to the LLM tier (None: uncapped)
+        self._unready = unready
         self._spec = spec
         self._call_model = call_model
         self._tools = tools
@@ -514,6 +520,8 @@ class PipelineRunner:
                 request, timeout_s = replace(request, queue_budget_s=max(0.0, remaining)), min(timeout_s, remaining)
             if timeout_s <= 0:
                 outcome = CallOutcome(None, f"timeout: the pipeline's {run.plan.deadline_s:g} s deadline has passed")
+            elif (error := await self._not_ready(step, calls)) is not None:
+                outcome = CallOutcome(GenerationResult(model=model, error=error))
             else:
                 outcome = await self._guarded_call(model, request, timeout_s, self._text_sink(run, step, calls))
             latency = self._clock() - started
@@ -527,6 +535,11 @@ class PipelineRunner:
         finish = result.finish_reason if result else None
         engine_s = result.extra.get("engine_s") if result else None
         return outcome, Attempt(model, tokens_in, tokens_out, latency, finish, "pending", cost=cost, engine_s=engine_s)
+
+    async def _not_ready(self, step: _StepPlan, calls: _Calls) -> GenerationError | None:
+        """Why the step's own model cannot answer now, when the step could escalate for it (None: call it)."""
+        may_escalate = step.can_escalate and not calls.escalations and "unavailable" in step.policy.reasons
+        return await self._unready(calls.model) if may_escalate and self._unready is not None else None
 
     async def _guarded_call(
         self, model: str, request: GenerationRequest, timeout_s: float, on_text: Callable[[str], None] | None

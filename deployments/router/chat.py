@@ -23,7 +23,7 @@ from deployments.protocol import GenerationError, GenerationRequest, GenerationR
 from deployments.router.escalation_budget import EscalationBudget
 
 ModelCall = Callable[[str, GenerationRequest], Awaitable[GenerationResult]]
-ColdStart = Callable[[str], Awaitable[bool]]
+Unready = Callable[[str], Awaitable[GenerationError | None]]
 DEFAULT_MAX_TOKENS = 256
 # No policy: check the answer, never escalate, and retry a cut answer once with twice the room under the same
 # schema bound, which it cannot overrun (schemas are bounded at two characters a token; see json_budget).
@@ -78,26 +78,26 @@ class ChatCaller:
         timeout_s: float,
         on_escalation: Callable[[str, str], None] | None = None,
         *,
-        cold_start: ColdStart | None = None,
+        unready: Unready | None = None,
         budget: EscalationBudget | None = None,
     ) -> None:
         """``on_escalation(served_name, reason)`` sees every escalation (the router counts them in its metrics);
-        ``cold_start(model)`` says whether a model is at zero replicas, and starts waking it; ``budget`` caps
+        ``unready(model)`` says why a model has no running replica (and wakes one at zero); ``budget`` caps
         capacity escalations to the LLM tier."""
         self.spec, self.call, self.prices, self.timeout_s = spec, call, prices, timeout_s
         self.on_escalation = on_escalation
-        self.cold_start = cold_start
+        self.check_ready = unready
         self.budget = budget
 
-    async def waking(self, target: ChatTarget) -> GenerationResult | None:
-        """A ``cold_start`` error when the target's model is at zero and the call may escalate for that reason: the
-        LLM tier answers while the model wakes, instead of the caller waiting out the cold start. None otherwise
-        (the call then waits for the model, within the request timeout)."""
+    async def unready(self, target: ChatTarget) -> GenerationResult | None:
+        """The target model's error when it has no running replica (at zero and waking, or down) and the call may
+        escalate for that reason: the LLM tier answers meanwhile, instead of the caller waiting out the start.
+        None otherwise (the call then waits for the model, within the request timeout)."""
         may_escalate = target.can_escalate and "unavailable" in target.policy.reasons
-        if not may_escalate or self.cold_start is None or not await self.cold_start(target.model):
+        if not may_escalate or self.check_ready is None or (error := await self.check_ready(target.model)) is None:
             return None
-        message = f"model '{target.model}' is scaled to zero and waking; answered by '{target.policy.to}' meanwhile"
-        return GenerationResult(model=target.model, error=GenerationError("cold_start", message))
+        message = f"{error.message}; answered by '{target.policy.to}' meanwhile"
+        return GenerationResult(model=target.model, error=GenerationError(error.kind, message))
 
     def contract(self, target: ChatTarget, request: GenerationRequest) -> Any:
         """The output contract a call is judged by: the request's response format, else its specialist's."""
@@ -111,7 +111,7 @@ class ChatCaller:
         ``first`` is the first call's result when it was already made (a stream that failed before its first byte).
         """
         outcome = ChatOutcome(GenerationResult(model=target.model))
-        first = first or await self.waking(target)
+        first = first or await self.unready(target)
         model, can_escalate, retries = target.model, target.can_escalate, 0
         max_tokens = request.max_tokens or target.default_max_tokens
         contract = self.contract(target, request)

@@ -46,7 +46,7 @@ class ModelBackend(Protocol):
 
     async def health(self) -> dict[str, dict[str, Any]]: ...
 
-    async def cold_start(self, model: str) -> bool: ...
+    async def unready(self, model: str) -> GenerationError | None: ...
 
 
 def generation_error(error: GenerationError) -> Answer:
@@ -84,7 +84,7 @@ class ChatEndpoint:
         self.promotions = promotions
         timeout_s = spec.server.request_timeout_s
         self.caller = ChatCaller(
-            spec, backend.complete, prices, timeout_s, on_escalation, cold_start=backend.cold_start, budget=budget
+            spec, backend.complete, prices, timeout_s, on_escalation, unready=backend.unready, budget=budget
         )
 
     @staticmethod
@@ -171,7 +171,7 @@ class ChatEndpoint:
         whole = needs_whole_answer(chat, request, self.caller.contract(chat, request))
         items: AsyncIterator[StreamDelta | GenerationResult] | None = None
         first: StreamDelta | GenerationResult | None = None
-        if not whole and (first := await self.caller.waking(chat)) is None:
+        if not whole and (first := await self.caller.unready(chat)) is None:
             items = self.backend.stream(chat.model, request)
             first = await self._first_item(chat.model, items)
         if items is None or first is None or (isinstance(first, GenerationResult) and first.error is not None):

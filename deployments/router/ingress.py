@@ -34,7 +34,7 @@ from deployments.pipeline.idempotency import IdempotentRuns
 from deployments.pipeline.routes import CURRENT_PIPELINE
 from deployments.pipeline.runner import PipelineRunner
 from deployments.pipeline.tools import ToolRegistry
-from deployments.protocol import GenerationRequest, GenerationResult, StreamDelta, failure
+from deployments.protocol import GenerationError, GenerationRequest, GenerationResult, StreamDelta, failure
 from deployments.router.adapter_registry import REFRESH_S, REGISTRY_NAMESPACE, with_registered
 from deployments.router.adapter_routes import PROBE_TIMEOUT_S, AdapterAdmin
 from deployments.router.api import build_api
@@ -191,22 +191,24 @@ class ServeBackend:
         details, _ = await self.serve_details.get()
         return fleet_health(details, list(self.handles))
 
-    async def cold_start(self, model: str) -> bool:
-        """Whether ``model`` is at zero replicas (or waking from it); if so, a wake-up call is sent (a request at a
-        handle is demand, so Serve starts a replica) and the caller may escalate instead of waiting."""
-        if model not in self.scale_to_zero:
-            return False
+    async def unready(self, model: str) -> GenerationError | None:
+        """Why ``model`` has no running replica, or None when it has one (or the controller did not say): at zero
+        replicas (or waking from it) a wake-up call is sent (a request at a handle is demand, so Serve starts a
+        replica); down (its replica died, or is being replaced) Serve is already replacing it. Either way a caller
+        that may escalate does so at once instead of waiting out the start."""
         try:
             details, _ = await self.serve_details.get()
-            state = model_health(details, model)["state"]
+            report = model_health(details, model)
         except Exception as exc:  # the controller did not answer: the call goes ahead and waits if it must
-            log.warning("cold-start check for model %s failed: %r", model, exc)
-            return False
-        if state not in ("scaled_to_zero", "waking"):
-            return False
+            log.warning("readiness check for model %s failed: %r", model, exc)
+            return None
+        if report["state"] == "down":
+            return GenerationError("engine_dead", f"model '{model}' has no running replica: {report['detail']}")
+        if model not in self.scale_to_zero or report["state"] not in ("scaled_to_zero", "waking"):
+            return None
         if model not in self._wakes or self._wakes[model].done():
             self._wakes[model] = asyncio.create_task(self._wake(model))
-        return True
+        return GenerationError("cold_start", f"model '{model}' is scaled to zero and waking")
 
     async def probe_adapter(self, model: str, adapter: AdapterSpec) -> dict[str, Any]:
         """One replica of ``model`` loads ``adapter`` and measures its effect (``{"error"}`` when it cannot)."""
@@ -381,6 +383,7 @@ def router_state(
         on_finished=metrics.record_run,
         stream_model=backend.stream,
         budget=budget,
+        unready=backend.unready,
     )
     # refuses (raises) a router exposed without keys, however it was launched
     gate = gate_for(

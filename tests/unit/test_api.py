@@ -42,8 +42,8 @@ class FakeBackend:
     async def health(self):
         return {"smol": {"state": "ready"}}
 
-    async def cold_start(self, model):
-        return False
+    async def unready(self, model):
+        return None
 
 
 def client(backend=None, keys=""):

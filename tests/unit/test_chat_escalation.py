@@ -67,8 +67,8 @@ class ScriptedBackend:
     An answer is text (finish "stop") or a GenerationResult, whose ``model`` is set to the model asked.
     """
 
-    def __init__(self, cold=(), **script):
-        self.cold, self.woken = set(cold), []
+    def __init__(self, cold=(), down=(), **script):
+        self.cold, self.down, self.woken = set(cold), set(down), []
         self.script = {
             model: list(answers) if isinstance(answers, list) else [answers] for model, answers in script.items()
         }
@@ -94,11 +94,13 @@ class ScriptedBackend:
     async def health(self):
         return {"smol": {"state": "ready"}, "big": {"state": "ready"}}
 
-    async def cold_start(self, model):
+    async def unready(self, model):
+        if model in self.down:
+            return GenerationError("engine_dead", f"model '{model}' has no running replica: 0 of 1 replicas running")
         if model in self.cold:
             self.woken.append(model)
-            return True
-        return False
+            return GenerationError("cold_start", f"model '{model}' is scaled to zero and waking")
+        return None
 
     def models(self):
         return [model for model, _ in self.calls]
@@ -457,6 +459,22 @@ def test_a_model_at_zero_without_an_escalation_target_is_waited_for():
     body = ok(post(spec(), backend, {"model": "summarize"}))
     assert backend.models() == ["smol"] and backend.woken == []  # not even asked: nothing else could answer
     assert body["choices"][0]["message"]["content"] == "from smol" and body["slmfleet"]["escalations"] == []
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_model_with_no_running_replica_is_not_waited_for_when_the_call_may_escalate(stream):
+    fleet = spec(specialists={"summarize": {"to": "big"}})
+    backend = ScriptedBackend(down={"smol"}, smol="from smol", big="from big")
+    resp = post(fleet, backend, {"model": "summarize", "stream": stream})
+    report = sse(resp)[-1]["slmfleet"] if stream else ok(resp)["slmfleet"]
+    assert backend.models() == ["big"] and backend.woken == []  # a down model is being replaced, not woken
+    (escalation,) = report["escalations"]
+    assert escalation["reason"] == "unavailable" and "no running replica" in escalation["detail"], escalation
+
+
+def test_a_model_with_no_running_replica_is_waited_for_when_nothing_else_could_answer():
+    backend = ScriptedBackend(down={"smol"}, smol="from smol")
+    assert ok(post(spec(), backend, {"model": "summarize"}))["slmfleet"]["served_by"] == "smol"
 
 
 def test_a_cold_start_does_not_escalate_when_the_policy_leaves_out_unavailable():

@@ -81,8 +81,8 @@ class FakeBackend:
     async def health(self):
         return {"smol": {"state": "ready"}, "big": {"state": "ready"}}
 
-    async def cold_start(self, model):
-        return False
+    async def unready(self, model):
+        return None
 
 
 def app(backend=None):

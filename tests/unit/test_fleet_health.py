@@ -110,8 +110,8 @@ class HealthBackend:
     async def stream(self, model, request):
         raise AssertionError("a health probe must not call a model")
 
-    async def cold_start(self, model):
-        return False
+    async def unready(self, model):
+        return None
 
     async def health(self):
         if self.error:

@@ -58,8 +58,8 @@ class FakeStreamingModels:
     async def health(self):
         return {"smol": {"state": "ready"}, "big": {"state": "ready"}}
 
-    async def cold_start(self, model):
-        return False
+    async def unready(self, model):
+        return None
 
 
 def chat_stream(spec, models):

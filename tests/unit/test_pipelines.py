@@ -246,6 +246,36 @@ def test_an_unavailable_small_model_escalates(answer, detail):
     assert fake.cancelled == (1 if answer is HANG else 0)
 
 
+def down(*models):
+    """An ``unready`` check that says each of ``models`` has no running replica (and records what it was asked)."""
+    asked = []
+
+    async def unready(model):
+        asked.append(model)
+        return GenerationError("engine_dead", f"model '{model}' has no running replica") if model in models else None
+
+    unready.asked = asked
+    return unready
+
+
+def test_a_step_whose_model_has_no_running_replica_escalates_without_calling_it():
+    big = {f"big/{name}": answer for name, answer in ((k.split("/")[1], v) for k, v in HAPPY.items())}
+    unready = down("smol")
+    result, fake = run(big, unready=unready)
+    assert result.status == "ok", result.error
+    assert fake.models() == ["big", "big", "big"]  # smol was never waited for
+    for step in ("classify", "extract", "reply"):
+        (escalation,) = result.step(step).escalations
+        assert escalation.reason == "unavailable" and "no running replica" in escalation.detail
+    assert set(unready.asked) == {"smol"}  # the LLM tier is called as it is: it has no one to escalate to
+
+
+def test_a_step_that_cannot_escalate_calls_its_model_even_when_it_has_no_running_replica():
+    spec = demo_spec(lambda p: p["escalation"].update(reasons=["contract"]))
+    result, fake = run(spec=spec, unready=down("smol"))
+    assert result.status == "ok" and set(fake.models()) == {"smol"}  # it waits for the replica, as before
+
+
 def test_a_bad_request_fails_the_run_without_escalating():
     error = GenerationResult(model="smol", error=GenerationError("bad_request", "messages too long"))
     result, fake = run({"smol/intent": error})

@@ -250,3 +250,44 @@ def test_a_consumer_that_stops_early_cancels_the_replicas_stream(monkeypatch):
 
     asyncio.run(first_then_close())
     assert handle.cancelled == 1
+
+
+def serve_details(**models):
+    """Serve's instance details for models given as (running replicas, target, min_replicas)."""
+    apps = {}
+    for model, (running, target, floor) in models.items():
+        deployment = {
+            "status": "HEALTHY" if running else "UPDATING",
+            "replicas": [{"state": "RUNNING"}] * running,
+            "target_num_replicas": target,
+            "deployment_config": {"autoscaling_config": {"min_replicas": floor}},
+        }
+        apps[f"model-{model}"] = {"deployments": {f"model-{model}": deployment}}
+    return {"applications": apps}
+
+
+def test_unready_says_why_a_model_has_no_running_replica_and_wakes_only_one_at_zero(monkeypatch):
+    woken = []
+
+    async def wake(model):
+        woken.append(model)
+
+    async def check():
+        backend = ServeBackend({}, scale_to_zero=frozenset({"cold", "waking"}))
+        details = serve_details(smol=(1, 1, 1), dead=(0, 1, 1), cold=(0, 0, 0), waking=(0, 1, 0))
+
+        async def fetch():
+            return details
+
+        backend.serve_details = router.ServeDetailsCache(fetch)
+        monkeypatch.setattr(backend, "_wake", wake)
+        answers = {m: await backend.unready(m) for m in ("smol", "dead", "cold", "waking", "gone")}
+        await asyncio.sleep(0)  # the wake-ups are tasks
+        return answers
+
+    answers = asyncio.run(check())
+    assert answers["smol"] is None
+    assert answers["dead"].kind == "engine_dead" and "no running replica: 0 of 1" in answers["dead"].message
+    assert answers["gone"].kind == "engine_dead" and "Serve has no app 'model-gone'" in answers["gone"].message
+    assert {m: answers[m].kind for m in ("cold", "waking")} == {"cold": "cold_start", "waking": "cold_start"}
+    assert sorted(woken) == ["cold", "waking"]  # a dead model is replaced by Serve, not woken by the router
