@@ -35,7 +35,8 @@ def e2e_spec(path: Path, gate_url: str, adapters: dict[str, Path]) -> Path:
     """The default fleet plus test pipelines: the demo forced to escalate, the demo with a short step timeout,
     a lookup of a given order, and a parallel fan-out (two specialists at once, then a reply reading both); a
     specialist whose every chat call escalates; a scale-to-zero model, ``cold`` (SmolLM2 again, starting at
-    zero replicas, back to zero after 10 idle seconds), with ``extract-cold``, the extract specialist on it; and
+    zero replicas, back to zero after 10 idle seconds), with ``extract-cold``, the extract specialist on it;
+    ``greet-or-escalate``, free text on smol that big answers while smol has no replica; and
     ``gated-failover``, classify and reply on smol with a test-controlled tool step (``gate``) between them. smol
     has LoRA slots, and ``tuned-a``/``tuned-b`` are adapter specialists on it (``adapters`` made by peft), as is
     ``untrained-spec``, whose adapter changes nothing (its probe must refuse it). The usage
@@ -54,7 +55,9 @@ def e2e_spec(path: Path, gate_url: str, adapters: dict[str, Path]) -> Path:
     demo["escalation"]["min_confidence"] = 1.0  # no answer is that sure: every model step escalates
     spec["pipelines"]["triage-always-escalate"] = demo
     failover = copy.deepcopy(spec["pipelines"]["support-triage"])
-    failover["step_timeout_s"] = 20  # shorter than a replica's replacement: a call waiting for it escalates
+    # a step whose model has no running replica escalates at once; the LLM tier's answer, on a machine busy
+    # starting the replacement, may take tens of seconds
+    failover["step_timeout_s"] = 45
     spec["pipelines"]["triage-failover"] = failover
     spec["pipelines"]["fan-out"] = {
         "parallel": True,
@@ -81,6 +84,12 @@ def e2e_spec(path: Path, gate_url: str, adapters: dict[str, Path]) -> Path:
     cold["autoscaling"] = {"min_replicas": 0, "max_replicas": 1, "idle_delay_s": 10, "downscale_delay_s": 0}
     spec["models"]["cold"] = cold
     spec["specialists"]["extract-cold"] = {**copy.deepcopy(spec["specialists"]["extract"]), "model": "cold"}
+    spec["specialists"]["greet-or-escalate"] = {
+        "model": "smol",
+        "instructions": "Greet the user.",
+        "sampling": {"max_tokens": 8},
+        "escalation": {"to": "big"},
+    }
     spec["tools"]["gate"] = {"url": gate_url, "args_schema": {"type": "object"}, "timeout_s": 120}
     spec["pipelines"]["gated-failover"] = {
         "escalation": failover["escalation"],
