@@ -17,7 +17,8 @@ import pytest
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(420)]
 CLIENTS_PER_KIND = 3
-KILL_AFTER_S = 8.0
+KILL_AFTER_S = 8.0  # at the earliest; then as soon as a stream is part-way through its answer
+EARLY_TEXT_CHARS = 60  # "part-way": it has sent some text, and (at max_tokens 48) most is still to come
 RECOVERY_WITHIN_S = 240.0
 AFTER_RECOVERY_S = 8.0
 CLIENT_TIMEOUT_S = 180.0  # above the router's own limits: a request still open at this point hung
@@ -116,12 +117,20 @@ async def smol_state(http: httpx.AsyncClient, url: str) -> str | None:
         return None
 
 
+async def part_way(open_streams: list[Ended], within_s: float) -> None:
+    """Until a stream under way has sent early text: a kill then cuts it, so resumption is what the test sees."""
+    deadline = time.monotonic() + within_s
+    while not any(0 < len(s.text) < EARLY_TEXT_CHARS for s in open_streams) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+
 async def kill_under_load(fleet) -> tuple[list[Ended], float, float]:
     """(every request, when the kill happened, seconds from the kill until smol served again per /healthz)."""
     url, stop, ended, open_streams = f"{fleet.url}/v1/chat/completions", asyncio.Event(), [], []
     kinds = ("plain", "stream") * CLIENTS_PER_KIND
     clients = [asyncio.create_task(client(k, url, stop, ended, open_streams)) for k in kinds]
     await asyncio.sleep(KILL_AFTER_S)
+    await part_way(open_streams, within_s=60)
     fleet.replica_process("model-smol").kill()
     killed, seen_down, recovered = time.monotonic(), False, None
     for stream in open_streams:
