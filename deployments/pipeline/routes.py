@@ -26,7 +26,7 @@ from deployments.router.openai_api import (
     new_id,
     retry_after_headers,
 )
-from deployments.router.stream_guard import guarded
+from deployments.router.stream_guard import HEARTBEAT_S, SSE_HEARTBEAT, guarded, with_heartbeat
 
 PIPELINE_PREFIX = "pipeline:"
 # The pipeline a model call belongs to, for metrics tags; asyncio copies it into the runner's tasks.
@@ -56,6 +56,7 @@ def add_pipeline_routes(app: FastAPI, runner: PipelineRunner, idempotent: Idempo
             return await _keyed_run(runner, idempotent or IdempotentRuns(None), name, idempotency_key, body)
         if body.stream:
             events = guarded(_sse(runner.run_events(name, body.inputs)), runner.stream_timeout_s, _error_event)
+            events = with_heartbeat(events, HEARTBEAT_S, SSE_HEARTBEAT)  # a long step sends nothing meanwhile
             return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         return JSONResponse((await runner.run(name, body.inputs)).to_dict())
 

@@ -44,6 +44,7 @@ from deployments.router.openai_api import (
 from deployments.router.promotion_routes import PromotionAdmin, add_promotion_routes
 from deployments.router.promotions import PromotionRouting
 from deployments.router.responses_api import add_responses_routes
+from deployments.router.stream_guard import HEARTBEAT_S, SSE_HEARTBEAT, with_heartbeat
 
 OPEN_GATE = AuthGate()  # no keys: only ever on loopback (the gate refuses to start otherwise)
 log = logging.getLogger(__name__)
@@ -124,10 +125,21 @@ def answer_response(status: int, body: dict[str, Any]) -> JSONResponse:
 
 
 async def sse_chunks(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:
-    """Chat chunks as SSE; the stream always ends with ``[DONE]`` (after an error event when one came)."""
-    async for chunk in chunks:
-        yield _sse(chunk)
+    """Chat chunks as SSE; the stream always ends with ``[DONE]`` (after an error event when one came). A silence
+    of :data:`HEARTBEAT_S` sends an SSE comment line, which clients skip (a resumed stream waits for a new replica)."""
+    async for text in with_heartbeat(_sse_lines(chunks), HEARTBEAT_S, SSE_HEARTBEAT):
+        yield text
     yield "data: [DONE]\n\n"
+
+
+async def _sse_lines(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:
+    try:
+        async for chunk in chunks:
+            yield _sse(chunk)
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def _as_dict_call(

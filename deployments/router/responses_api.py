@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from deployments.router.openai_api import error_response, retry_after_headers
+from deployments.router.stream_guard import HEARTBEAT_S, SSE_HEARTBEAT, with_heartbeat
 
 ChatComplete = Callable[[dict[str, Any]], Awaitable[tuple[int, dict[str, Any]]]]
 ChatStream = Callable[[dict[str, Any]], Awaitable[tuple[int, dict[str, Any]] | AsyncIterator[dict[str, Any]]]]
@@ -626,5 +627,7 @@ def add_responses_routes(app: FastAPI, complete: ChatComplete, stream: ChatStrea
         if isinstance(chunks, tuple):
             return chat_error(*chunks)
         return StreamingResponse(
-            stream_events(shell, chunks), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+            with_heartbeat(stream_events(shell, chunks), HEARTBEAT_S, SSE_HEARTBEAT),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"},
         )

@@ -4,6 +4,7 @@ Every 200 body is parsed as ``openai.types.chat.ChatCompletion`` and every strea
 ``ChatCompletionChunk``; the real ``openai`` client drives the app too (over FastAPI's TestClient, no sockets).
 """
 
+import asyncio
 import json
 import math
 from pathlib import Path
@@ -18,6 +19,7 @@ from pydantic import BaseModel
 
 from cluster.spec import parse_spec
 from deployments.protocol import GenerationResult, StreamDelta, ToolCall
+from deployments.router import api as api_module
 from deployments.router.api import build_api
 from deployments.router.openai_api import (
     MAX_N,
@@ -489,3 +491,27 @@ def test_openai_client_raises_typed_errors():
     assert caught.value.code == "unknown_parameter"
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="gpt-9", messages=HELLO)
+
+
+class PausingBackend(FakeBackend):
+    """Streams its pieces with a pause before the last one (a cut stream waiting for a new replica)."""
+
+    async def stream(self, model, request):
+        self.calls.append((model, request))
+        for i, piece in enumerate(self.pieces):
+            if i == len(self.pieces) - 1:
+                await asyncio.sleep(0.3)
+            yield StreamDelta(piece)
+        yield self.result
+
+
+def test_heartbeats_in_a_silent_stream_are_skipped_by_the_openai_client(monkeypatch):
+    monkeypatch.setattr(api_module, "HEARTBEAT_S", 0.05)
+    backend = PausingBackend(answer("Hello there"), pieces=("Hello", " there"))
+    with TestClient(app(backend)) as http:
+        raw = http.post("/v1/chat/completions", json={"model": "smol", "messages": HELLO, "stream": True}).text
+        assert raw.count(": keep-alive\n\n") >= 3, raw  # sent during the pause
+        client = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http)
+        stream = client.chat.completions.create(model="smol", messages=HELLO, stream=True)
+        text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert text == "Hello there"

@@ -3,7 +3,7 @@ however the stream ends (the model call behind it is cancelled when a client goe
 
 import asyncio
 
-from deployments.router.stream_guard import guarded
+from deployments.router.stream_guard import guarded, with_heartbeat
 
 
 def failure(code, message):
@@ -68,3 +68,27 @@ def test_a_client_that_goes_away_closes_the_upstream():
 
     asyncio.run(consume_then_cancel())
     assert upstream.closed
+
+
+def test_a_silent_stream_sends_heartbeats_and_loses_no_item():
+    upstream = Upstream(["a", "b"], delay_s=0.25)  # each item a quarter second apart
+    out = asyncio.run(drain(with_heartbeat(upstream, 0.1, "beat")))
+    assert [item for item in out if item != "beat"] == ["a", "b"]  # every item, in order, none cancelled by a beat
+    assert out.index("a") >= 2 and out.count("beat") >= 4, out  # beats while each item was awaited
+    assert upstream.closed
+
+
+def test_a_busy_stream_sends_no_heartbeat():
+    assert asyncio.run(drain(with_heartbeat(Upstream(["a", "b", "c"]), 5, "beat"))) == ["a", "b", "c"]
+
+
+def test_a_client_gone_mid_silence_cancels_the_pending_item_and_closes_the_upstream():
+    upstream = Upstream(["never"], delay_s=30)
+
+    async def leave_after_a_beat():
+        stream = with_heartbeat(upstream, 0.05, "beat")
+        assert await anext(stream) == "beat"
+        await stream.aclose()  # what Starlette does when the client disconnects
+
+    asyncio.run(asyncio.wait_for(leave_after_a_beat(), 5))
+    assert upstream.closed and upstream.items == ["never"]
