@@ -182,7 +182,7 @@ NOTES = [
 ]
 
 
-def test_fifty_structured_answers_cut_short_by_max_tokens_still_validate(client):
+def test_structured_answers_cut_short_by_max_tokens_still_validate(client):
     """max_tokens 60 is far below what these prompts invite; unbounded, the summary runs on and is cut."""
 
     def ask(prompt):
@@ -198,9 +198,9 @@ def test_fifty_structured_answers_cut_short_by_max_tokens_still_validate(client)
         return 200, reply.choices[0].message.content
 
     with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(ask, NOTES[:50]))
+        answers = list(pool.map(ask, NOTES[:24]))  # three rounds of smol's batch of 8
     ok = [content for status, content in answers if status == 200]
-    assert len(ok) >= 45, answers
+    assert len(ok) >= 22, answers
     for content in ok:
         jsonschema.validate(json.loads(content), NOTE_SCHEMA)
 
