@@ -212,6 +212,7 @@ class FleetDiff:
     """Every change between the running Serve config and the desired one."""
 
     changes: tuple[Change, ...]
+    gaps: tuple[str, ...] = ()  # restarting apps left with no running replica while the new one starts
 
     def restarts(self) -> set[tuple[str, str | None]]:
         """(app, deployment) pairs whose replicas restart; deployment ``None``: the app is rebuilt, every
@@ -222,7 +223,7 @@ class FleetDiff:
         """The diff as data (``slmfleet diff --json``): every change, and the apps each effect touches."""
         changes = [{**asdict(c), "before": _plain(c.before), "after": _plain(c.after)} for c in self.changes]
         touched = {effect: sorted({c.app for c in self.changes if c.effect == effect}) for effect in _MARKERS}
-        return {"changes": changes, "apps": touched}
+        return {"changes": changes, "apps": touched, "no_replica_while_restarting": list(self.gaps)}
 
     def is_empty(self) -> bool:
         """True when applying changes nothing (runtime state shown as kept does not count)."""
@@ -236,6 +237,11 @@ class FleetDiff:
         for app, changes in _grouped(self.changes):
             lines.extend(_app_lines(app, changes))
         lines.extend(["", self._summary()])
+        lines.extend(
+            f"Caution: {app} has one running replica, which Serve stops before it starts the new one: "
+            "for about a cold start, calls to it that may escalate go to the LLM tier, the rest wait."
+            for app in self.gaps
+        )
         return "\n".join(lines)
 
     def _summary(self) -> str:
@@ -265,7 +271,20 @@ def diff_serve_configs(
     changes.extend(_removed_app(name, app) for name, app in now.items() if name not in want)
     changes.extend(_serve_changes(current, desired))
     changes.extend(Change(SERVE_SCOPE, None, n, d, d, "keep", _KEEP_WHY) for n, d in (runtime or {}).items())
-    return FleetDiff(tuple(changes))
+    restarting = {c.app for c in changes if c.effect == "restart" and c.app in now}
+    return FleetDiff(tuple(changes), tuple(sorted(a for a in restarting if _running_replicas(current, a) == 1)))
+
+
+def _running_replicas(current: Mapping[str, Any], app: str) -> int | None:
+    """RUNNING replicas of ``app``'s deployments together, when ``current`` is Serve's details (None otherwise).
+    Serve's rolling update stops max(1, 20%) of a deployment's replicas at a time before starting their
+    replacements (``deployment_state.py``, ``_rollout_size``): with one, nothing serves in between."""
+    apps = current.get("applications")
+    details = apps.get(app) if isinstance(apps, Mapping) else None
+    if not isinstance(details, Mapping) or not isinstance(details.get("deployments"), Mapping):
+        return None
+    replicas = [r for d in details["deployments"].values() for r in d.get("replicas") or []]
+    return sum(r.get("state") == "RUNNING" for r in replicas)
 
 
 def applications_of(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -198,6 +198,7 @@ def test_each_kind_of_change_restarts_exactly_where_diff_says_and_loses_no_reque
     kept = [(c["field"], c["after"]) for c in diff["changes"] if c["effect"] == "keep"]
     assert kept == [("adapters:intent-v2", "LoRA intent-v2 on smol")], kept  # runtime state shows, and is kept
     assert diff["apps"]["restart"] == ["model-smol"], diff["apps"]
+    assert diff["no_replica_while_restarting"] == ["model-smol"]  # its one replica: the diff says so
     assert diff["apps"]["add"] == ["model-spare"] and diff["apps"]["remove"] == []
     assert set(diff["apps"]["live"]) == {"model-smol", "model-big", "slmfleet"}, diff["apps"]
 

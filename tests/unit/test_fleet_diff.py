@@ -139,6 +139,29 @@ def test_max_model_len_restarts_only_that_models_app(base):
     assert diff.restarts() == {(SMOL, None)} | router_restart_expected(desired)
 
 
+def serve_details(config: dict[str, Any], running: dict[str, int]) -> dict[str, Any]:
+    """Serve's details for ``config`` deployed, with ``running[app]`` RUNNING replicas (and one STOPPING)."""
+    apps = {}
+    for a in config["applications"]:
+        replicas = [{"state": "RUNNING"}] * running.get(a["name"], 1) + [{"state": "STOPPING"}]
+        deployments = {d["name"]: {"replicas": replicas} for d in a["deployments"]}
+        apps[a["name"]] = {"deployed_app_config": a, "deployments": deployments}
+    return {"applications": apps}
+
+
+@pytest.mark.parametrize(("running", "cautioned"), [(1, True), (2, False)])
+def test_a_restart_of_a_models_only_running_replica_is_called_out(base, running, cautioned):
+    desired = render(edited(lambda d: d["models"]["smol"].update(max_model_len=4096)))
+    diff = diff_serve_configs(serve_details(base, {SMOL: running}), desired)
+    assert (SMOL, None) in diff.restarts()
+    assert (diff.gaps == (SMOL,)) is cautioned and diff.as_dict()["no_replica_while_restarting"] == list(diff.gaps)
+    assert (f"Caution: {SMOL} has one running replica" in diff.render_text()) is cautioned
+    live_only = diff_serve_configs(
+        serve_details(base, {}), render(edited(lambda d: d["models"]["smol"].update(price_per_1k_tokens=0.5)))
+    )
+    assert live_only.gaps == ()  # nothing restarts: nothing to call out
+
+
 def test_adding_and_removing_a_model_adds_and_removes_its_app(base):
     with_tiny = render(edited(lambda d: d["models"].update(tiny=copy.deepcopy(FLEET["models"]["big"]))))
     added = diff_serve_configs(base, with_tiny)
