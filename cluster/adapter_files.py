@@ -1,9 +1,11 @@
 """Checks of a LoRA adapter's files against the model it is declared for, where the files are reachable.
 
-Run by ``slmfleet validate`` and ``slmfleet up`` (not by the router, whose node may not hold the files): a missing
-``adapter_config.json``, a rank above the model's ``max_lora_rank``, or weights shaped for another base model are
-spec errors with the field path, the value and the fix. The shapes come from the safetensors header (a JSON block
-at the start of the file), so nothing here imports torch, peft or vllm.
+Run by ``slmfleet validate`` and ``slmfleet up`` (not by the router, whose node may not hold the files), and by a
+model replica on each adapter it fetches: a missing ``adapter_config.json``, a rank above the model's
+``max_lora_rank``, a base model named in the adapter's config that is not the model's (a same-shaped other base,
+such as SmolLM2's base model under its Instruct model, loads without a word and answers badly), or weights shaped
+for another base model are spec errors with the field path, the value and the fix. The shapes come from the
+safetensors header (a JSON block at the start of the file), so nothing here imports torch, peft or vllm.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.memory import module_dims, read_model_config, text_config
+from cluster.model_store import CONVERSION_FORMAT
 from cluster.spec import AdapterSpec, FleetSpec, ModelSpec
 from cluster.spec_errors import SpecIssue
 
@@ -91,14 +94,29 @@ def shape_mismatches(shapes: dict[str, list[int]], base: dict[str, Any]) -> list
     return problems
 
 
-def check_adapter_folder(folder: Path, model: ModelSpec, base: dict[str, Any] | None) -> None:
+def model_name(reference: str) -> str:
+    """A model reference's last part, lowercased: ``bundled:smollm2-135m-instruct``,
+    ``HuggingFaceTB/SmolLM2-135M-Instruct``, ``/srv/models/smollm2-135m-instruct/`` and the bundled model's
+    converted folder (``.../smollm2-135m-instruct.hf-fp32-v1``, what peft records of an adapter trained on it) all
+    name the same one."""
+    name = reference.removeprefix("bundled:").rstrip("/").rsplit("/", 1)[-1].lower()
+    return name.removesuffix(f".{CONVERSION_FORMAT}")
+
+
+def check_adapter_folder(
+    folder: Path, model: ModelSpec, base: dict[str, Any] | None, trained_on: str | None = None
+) -> None:
     """Raise :class:`AdapterFileError` when the adapter at ``folder`` cannot run on ``model`` (``base``: the
-    model's config.json, when reachable)."""
+    model's config.json, when reachable; ``trained_on``: the spec's word that the adapter's recorded base is this
+    model under another name)."""
     config = read_adapter_config(folder)
     rank = adapter_rank(config)
     limit = model.lora.max_lora_rank if model.lora else 0
     if rank > limit:
         raise AdapterFileError(f"the adapter's rank is {rank}, above the model's max_lora_rank {limit}")
+    recorded = config.get("base_model_name_or_path")
+    if recorded and recorded != trained_on and model_name(str(recorded)) != model_name(model.source):
+        raise AdapterFileError(f"the adapter names {recorded} as its base model, not this model ({model.source})")
     weights = folder / ADAPTER_WEIGHTS
     if base is None or not weights.is_file():
         return
@@ -120,7 +138,7 @@ def adapter_file_issues(spec: FleetSpec) -> list[SpecIssue]:
         if adapter is None or model is None or not adapter.is_local():
             continue
         try:
-            check_adapter_folder(adapter.local_path(), model, read_model_config(model.source))
+            check_adapter_folder(adapter.local_path(), model, read_model_config(model.source), adapter.trained_on)
         except AdapterFileError as exc:
             issues.append(SpecIssue(f"specialists.{name}.adapter.source", adapter.source, str(exc), _fix(exc, model)))
     return issues
@@ -130,6 +148,12 @@ def _fix(exc: AdapterFileError, model: ModelSpec) -> str:
     text = str(exc)
     if "rank" in text and model.lora is not None:
         return "raise the model's lora.max_lora_rank, or train the adapter at a lower rank"
+    if "as its base model" in text:
+        named = text.split("names ", 1)[1].split(" as its base model", 1)[0]
+        return (
+            f"point source at an adapter trained on {model.source}, or set adapter.trained_on: '{named}' "
+            "if that is this model under another name"
+        )
     if "trained on" in text:
         return f"point source at an adapter trained on this model ({model.source})"
     return f"point source at a folder saved by peft's save_pretrained (it holds {ADAPTER_CONFIG})"

@@ -206,6 +206,12 @@ class AdapterSpec(StrictModel):
         pattern=r"^[A-Za-z0-9._-]{1,40}$",
         description="change it when the files at source change: replicas cache an adapter by source and version",
     )
+    trained_on: str | None = Field(
+        None,
+        min_length=1,
+        description="the base model the adapter's adapter_config.json names (base_model_name_or_path), when that "
+        "is the specialist's model under another name; without it the two names must match",
+    )
 
     @field_validator("source")
     @classmethod

@@ -145,11 +145,11 @@ class AdapterLoader:
         self,
         engine: AdapterEngine,
         capacity: int,
-        check: Callable[[Path], None] | None = None,
+        check: Callable[[Path, AdapterSpec], None] | None = None,
         home: Path | None = None,
         on_change: Callable[[list[str]], None] | None = None,
     ) -> None:
-        """``check(folder)`` raises AdapterFileError for files that do not fit the model: vLLM 0.32 loads an
+        """``check(folder, adapter)`` raises AdapterFileError for files that do not fit the model: vLLM 0.32 loads an
         adapter shaped for another base without a word (measured: hidden size 64 on a 576-wide model)."""
         self.engine = engine
         self.check = check
@@ -168,7 +168,7 @@ class AdapterLoader:
                 return self.known[int_id]
             path = await asyncio.to_thread(fetch_adapter, adapter, self.home)
             if self.check is not None:
-                await asyncio.to_thread(self.check, path)
+                await asyncio.to_thread(self.check, path, adapter)
             loaded = LoadedAdapter(key, int_id, path)
             await self.engine.add_adapter(loaded)
             self.known[int_id] = loaded

@@ -70,7 +70,7 @@ class ModelServer:
         self.adapters = AdapterLoader(
             self.engine,
             capacity,
-            lambda folder: check_adapter_folder(folder, model, base_config),
+            lambda folder, adapter: check_adapter_folder(folder, model, base_config, adapter.trained_on),
             on_change=report_adapters,
         )
         self.base_probe: list[dict[int, float]] | None = None  # the base model's probe answers, measured once

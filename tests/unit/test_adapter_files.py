@@ -23,6 +23,7 @@ from cluster.adapter_files import (
 )
 from cluster.cli import local_state_path, main
 from cluster.memory import estimate_engine_memory, lora_values_per_rank
+from cluster.model_store import bundled_folder
 from cluster.spec import ModelSpec, parse_spec
 from cluster.spec_errors import SpecError
 
@@ -38,10 +39,20 @@ SMOLLM2_135M = {
 PREFIX = "base_model.model.model.layers"
 
 
-def write_adapter(folder: Path, *, rank: int = 8, hidden: int = 576, layers: int = 2, peft_type: str = "LORA") -> Path:
+INSTRUCT = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the bundled model, as a hub id
+
+
+def write_adapter(
+    folder: Path, *, rank: int = 8, hidden: int = 576, layers: int = 2, peft_type: str = "LORA", base: str = INSTRUCT
+) -> Path:
     """A peft-shaped LoRA on q_proj and v_proj (v out = 3 KV heads x 64 = 192 when hidden is 576)."""
     folder.mkdir(parents=True, exist_ok=True)
-    config = {"peft_type": peft_type, "r": rank, "target_modules": ["q_proj", "v_proj"], "base_model_name_or_path": "x"}
+    config = {
+        "peft_type": peft_type,
+        "r": rank,
+        "target_modules": ["q_proj", "v_proj"],
+        "base_model_name_or_path": base,
+    }
     (folder / "adapter_config.json").write_text(json.dumps(config))
     kv_out = hidden // 3
     tensors = {}
@@ -72,7 +83,12 @@ def test_a_fitting_adapter_passes_and_its_shapes_come_from_the_header(tmp_path: 
         (lambda p: (p / "empty").mkdir() or p / "empty", 16, "has no adapter_config.json"),
         (lambda p: write_adapter(p / "ia3", peft_type="IA3"), 16, "only LoRA adapters"),
         (lambda p: write_adapter(p / "r32", rank=32), 16, "rank is 32, above the model's max_lora_rank 16"),
-        (lambda p: write_adapter(p / "narrow", hidden=64), 16, "trained on x, not this base model"),
+        (lambda p: write_adapter(p / "narrow", hidden=64), 16, f"trained on {INSTRUCT}, not this base model"),
+        (
+            lambda p: write_adapter(p / "other-base", base="HuggingFaceTB/SmolLM2-135M"),  # same shapes
+            16,
+            "names HuggingFaceTB/SmolLM2-135M as its base model, not this model",
+        ),
         (lambda p: write_adapter(p / "deep", layers=31), 16, "layer 30, the base model has 30 layers"),
     ],
 )
@@ -83,6 +99,26 @@ def test_an_adapter_that_cannot_run_on_the_model_says_why(tmp_path: Path, make, 
 
 def test_without_the_base_config_only_the_rank_and_config_are_checked(tmp_path: Path) -> None:
     check_adapter_folder(write_adapter(tmp_path / "narrow", hidden=64), lora_model(), None)
+
+
+@pytest.mark.parametrize(
+    "recorded",
+    [
+        INSTRUCT,
+        "/srv/models/smollm2-135m-instruct/",
+        "bundled:smollm2-135m-instruct",
+        str(bundled_folder("smollm2-135m-instruct", Path("/home/me/.cache/slm-fleet"))),  # trained on our copy
+    ],
+)
+def test_the_recorded_base_matches_the_model_by_its_name_wherever_it_was_loaded_from(tmp_path, recorded) -> None:
+    check_adapter_folder(write_adapter(tmp_path / "a", base=recorded), lora_model(), SMOLLM2_135M)
+
+
+def test_trained_on_vouches_for_a_base_recorded_under_another_name(tmp_path: Path) -> None:
+    folder = write_adapter(tmp_path / "renamed", base="/data/checkpoints/run-17")
+    with pytest.raises(AdapterFileError, match="names /data/checkpoints/run-17 as its base model"):
+        check_adapter_folder(folder, lora_model(), SMOLLM2_135M)
+    check_adapter_folder(folder, lora_model(), SMOLLM2_135M, trained_on="/data/checkpoints/run-17")
 
 
 def spec_with(specialists: dict, lora: dict | None = None, pools: dict | None = None) -> dict:
@@ -137,6 +173,18 @@ def test_file_issues_point_at_the_source_field(tmp_path: Path) -> None:
     issues = {issue.path: issue for issue in adapter_file_issues(spec)}
     assert set(issues) == {"specialists.big-rank.adapter.source", "specialists.uri.adapter.source"}
     assert "raise the model's lora.max_lora_rank" in issues["specialists.big-rank.adapter.source"].fix
+
+
+def test_an_adapter_of_another_base_is_a_spec_error_whose_fix_names_trained_on(tmp_path: Path) -> None:
+    write_adapter(tmp_path / "base-model", base="HuggingFaceTB/SmolLM2-135M")
+    adapter = {"source": str(tmp_path / "base-model")}
+    spec = parse_spec(spec_with({"tuned": {"model": "smol", "adapter": adapter}}, lora={"max_lora_rank": 16}))
+    (issue,) = adapter_file_issues(spec)
+    assert issue.path == "specialists.tuned.adapter.source"
+    assert "set adapter.trained_on: 'HuggingFaceTB/SmolLM2-135M'" in issue.fix
+    vouched = {**adapter, "trained_on": "HuggingFaceTB/SmolLM2-135M"}
+    spec = parse_spec(spec_with({"tuned": {"model": "smol", "adapter": vouched}}, lora={"max_lora_rank": 16}))
+    assert adapter_file_issues(spec) == []
 
 
 def test_validate_exits_2_with_the_report_and_warns_about_local_paths_on_many_nodes(tmp_path: Path, capsys) -> None:

@@ -121,7 +121,7 @@ def test_loader_loads_once_under_concurrency_and_unloads_surplus_after_use(tmp_p
 
 def test_an_adapter_refused_by_the_check_or_engine_is_never_counted_as_loaded(tmp_path: Path) -> None:
     async def scenario() -> None:
-        def check(folder: Path) -> None:
+        def check(folder: Path, adapter: AdapterSpec) -> None:
             if (folder / "adapter_model.safetensors").read_text() == "narrow":
                 raise AdapterFileError("the adapter was trained on another model")
 
