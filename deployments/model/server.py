@@ -73,7 +73,8 @@ class ModelServer:
             lambda folder, adapter: check_adapter_folder(folder, model, base_config, adapter.trained_on),
             on_change=report_adapters,
         )
-        self.base_probe: list[dict[int, float]] | None = None  # the base model's probe answers, measured once
+        # the base model's probe answers, measured once: at the first health check (idle), else with the first probe
+        self._base_probe_task: asyncio.Task[list[dict[int, float]]] | None = None
         self.startup_s = startup_phases(entered, imported, resolved, time.time())
         log.info("model %s started: %s", model_name, self.startup_s)
 
@@ -244,13 +245,18 @@ class ModelServer:
             log.warning("model %s: adapter %s refused: %r", self.model_name, adapter, exc)
             return {"error": _engine_reason(exc)}
         load_s = time.perf_counter() - started
-        async with self.adapters.using(loaded):
-            if self.base_probe is None:  # the first probe on this replica measures the base in the same batch
-                self.base_probe, tuned = await asyncio.gather(self._probe_logprobs(None), self._probe_logprobs(loaded))
-            else:
-                tuned = await self._probe_logprobs(loaded)
-        divergence = mean_divergence(self.base_probe, tuned)
+        async with self.adapters.using(loaded):  # a base probe still under way is batched with this one
+            base, tuned = await asyncio.gather(asyncio.shield(self._base_probe()), self._probe_logprobs(loaded))
+        divergence = mean_divergence(base, tuned)
         return {"divergence": divergence, "positions": len(tuned), "load_s": round(load_s, 3)}
+
+    def _base_probe(self) -> asyncio.Task[list[dict[int, float]]]:
+        """The base model's probe answers, one measurement per replica shared by every probe (measured again only
+        if it failed)."""
+        task = self._base_probe_task
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            self._base_probe_task = task = asyncio.create_task(self._probe_logprobs(None))
+        return task
 
     async def _probe_logprobs(self, adapter: LoadedAdapter | None) -> list[dict[int, float]]:
         """The next-token log-probabilities after every probe prefix, one prefill each, all in one batch."""
@@ -278,8 +284,11 @@ class ModelServer:
         return self.model_name
 
     async def check_health(self) -> None:
-        """Called by Serve every few seconds; raising marks the replica unhealthy and Serve replaces it."""
+        """Called by Serve every few seconds; raising marks the replica unhealthy and Serve replaces it. The first
+        call on a LoRA-enabled replica also starts the base probe, so no registration waits for it."""
         await self.engine.check_health()
+        if self.adapters.slots.capacity > 0:
+            self._base_probe()
 
     async def placement(self) -> dict[str, Any]:
         """Where this replica runs (node, GPU ids, Ray resources) and the memory fraction its engine really got."""
