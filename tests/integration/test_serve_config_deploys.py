@@ -146,13 +146,17 @@ def test_rendered_serve_config_deploys_and_answers(served_fleet) -> None:
 
 
 def exposed_without_keys(data: dict) -> None:
-    """The router bound beyond loopback with no keys; the small models at zero replicas, so only the LLM tier's
-    engine (which may not scale to zero) starts, and the test is over before it is up."""
+    """The router bound beyond loopback with no keys; the LLM tier (which may not scale to zero) and what escalates
+    to it left out, and the small models at zero replicas, so no engine starts: the refusal is the router's."""
     data["server"] = {**data.get("server", {}), "host": "0.0.0.0"}
     data["server"].pop("api_keys_env", None)
+    for name in [name for name, model in data["models"].items() if model.get("tier") == "llm"]:
+        del data["models"][name]
     for model in data["models"].values():
-        if model.get("tier") != "llm":
-            model["autoscaling"] = {**model.get("autoscaling", {}), "min_replicas": 0}
+        model["autoscaling"] = {**model.get("autoscaling", {}), "min_replicas": 0}
+    data["pipelines"] = {}
+    for specialist in data["specialists"].values():
+        specialist.pop("escalation", None)
 
 
 def test_serve_run_of_an_exposed_config_without_keys_serves_nothing(tmp_path: Path) -> None:
