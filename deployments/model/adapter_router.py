@@ -8,6 +8,7 @@ hold through Serve's multiplexing channel (:func:`report_adapters`), so holders 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections.abc import Iterable
@@ -22,22 +23,26 @@ log = logging.getLogger(__name__)
 
 
 class AdapterAffinityRouter(FIFOMixin, MultiplexMixin, RequestRouter):
-    """Two random candidates among those :func:`affinity_candidates` allows; Serve sends to the shorter queue."""
+    """Two random candidates of each rank :func:`affinity_candidates` gives; Serve sends to the shorter queue of
+    the first rank with room."""
 
     async def choose_replicas(
         self, candidate_replicas: list[RunningReplica], pending_request: PendingRequest | None = None
     ) -> list[list[RunningReplica]]:
+        # Serve's routing task hands out replicas to queued requests back to back, and a request counts in the queue
+        # cache only once its own task has sent it: yield once, so the requests chosen so far are counted before this
+        # choice (else a burst reads the same stale queue lengths and lands on the holder whole).
+        await asyncio.sleep(0)
         by_id = {replica.replica_id: replica for replica in candidate_replicas}
         try:
             adapter = pending_request.metadata.multiplexed_model_id if pending_request is not None else ""
             holders = self._multiplexed_model_id_to_replica_ids.get(adapter, set()) if adapter else set()
             queues = {rid: self.replica_queue_len_cache.get(rid) for rid in by_id}
-            allowed = affinity_candidates(list(by_id), holders, queues)
+            ranks = affinity_candidates(list(by_id), holders, queues)
         except Exception as exc:  # an error here would leave the request unrouted forever: route it anyway
             log.warning("adapter affinity failed, routing without it: %r", exc)
-            allowed = list(by_id)
-        chosen = random.sample(allowed, min(2, len(allowed)))
-        return [[by_id[rid] for rid in chosen]]
+            ranks = [list(by_id)]
+        return [[by_id[rid] for rid in random.sample(rank, min(2, len(rank)))] for rank in ranks]
 
 
 def report_adapters(keys: Iterable[str]) -> None:

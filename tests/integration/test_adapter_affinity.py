@@ -24,6 +24,7 @@ serve = pytest.importorskip("ray.serve")
 @pytest.fixture(scope="module")
 def local_serve() -> Iterator[None]:
     with private_ray("saf", num_cpus=4):
+        serve.start(proxy_location="Disabled")  # handles only: no HTTP proxy to start (or fail its health check)
         try:
             yield
         finally:
