@@ -6,7 +6,8 @@ of rank 8, 32 cached). Adapters are made by peft (random weights, rank 8 on q/v,
 at runtime through the admin route, so every figure is of the serving path a user gets:
 
 - hot-load: from ``PUT /admin/adapters/<name>`` (which loads and probes the adapter on a replica) to the first
-  answer of that specialist, p50/p99 over the adapters; no replica starts (the engine's pid is checked);
+  answer of that specialist (32 tokens), and to that answer's first token (streamed), p50/p99 over the adapters;
+  no replica starts (the engine's pid is checked);
 - throughput: closed loop at ``--concurrency`` for ``--seconds`` per case, output tokens/s, for the base model on
   ``plain``, the base model on ``tuned`` (what enabling LoRA costs), and 1, 4 and 16 adapters round-robin on
   ``tuned``; ratios against base-only on ``tuned``, measured in this one run;
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import tempfile
 import time
@@ -52,10 +54,25 @@ async def chat(http: httpx.AsyncClient, model: str, prompt: str) -> int:
     return answer.json()["usage"]["completion_tokens"]
 
 
-async def hot_load(url: str, folders: list[Path]) -> list[tuple[float, float, float]]:
+async def first_token(http: httpx.AsyncClient, model: str, prompt: str) -> float:
+    """Streams one answer to its end; returns the seconds from the call to its first text."""
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": MAX_TOKENS}
+    started, first = time.perf_counter(), None
+    async with http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as answer:
+        answer.raise_for_status()
+        async for line in answer.aiter_lines():
+            if first is None and line.startswith("data: {"):
+                choices = json.loads(line[len("data: ") :]).get("choices") or [{}]
+                if choices[0].get("delta", {}).get("content"):
+                    first = time.perf_counter() - started
+    return first if first is not None else time.perf_counter() - started
+
+
+async def hot_load(url: str, folders: list[Path]) -> list[tuple[float, float, float, float]]:
     """Per registration: seconds from the registration call to the first answer of its specialist, of which the
-    registration (load, probe, store) and the first answer; and the answer of a base-model call right after, which
-    is what the first answer would take without the adapter."""
+    registration (load, probe, store) and the first answer; the seconds from the registration call to the first
+    token of that answer (streamed); and the answer of a base-model call right after, which is what the first
+    answer would take without the adapter (a random adapter never stops early: each first answer is 32 tokens)."""
     times = []
     async with httpx.AsyncClient(base_url=url, timeout=300) as http:
         for index, folder in enumerate(folders):
@@ -65,10 +82,11 @@ async def hot_load(url: str, folders: list[Path]) -> list[tuple[float, float, fl
             )
             put.raise_for_status()
             registered = time.perf_counter()
-            await chat(http, f"a{index}", PROMPTS[0])
+            to_token = await first_token(http, f"a{index}", PROMPTS[0])
             answered = time.perf_counter()
             await chat(http, "tuned", PROMPTS[0])
-            times.append((answered - started, registered - started, time.perf_counter() - answered))
+            base = time.perf_counter() - answered
+            times.append((answered - started, registered - started, registered - started + to_token, base))
     return times
 
 
@@ -103,15 +121,18 @@ def main() -> None:
         asyncio.run(throughput(url, ["plain", "tuned"], 4, 5))  # warm both engines
         engine_pid, before = replica_process("model-tuned").pid, rss_gib("model-tuned")
         split = asyncio.run(hot_load(url, folders))
-        loads = [total for total, _, _ in split]
+        loads = [total for total, *_ in split]
+        tokens = [token for _, _, token, _ in split]
         after = rss_gib("model-tuned")
         assert replica_process("model-tuned").pid == engine_pid, "a replica restarted during hot-load"
         print("hot-load per registration, in order (s): " + ", ".join(f"{t:.2f}" for t in loads))
-        print("  of which registration (load + probe + store): " + ", ".join(f"{r:.2f}" for _, r, _ in split))
-        print("  a base-model answer right after, for scale: " + ", ".join(f"{b:.2f}" for _, _, b in split))
+        print("  of which registration (load + probe + store): " + ", ".join(f"{r:.2f}" for _, r, _, _ in split))
+        print("  registration to the answer's first token: " + ", ".join(f"{t:.2f}" for t in tokens))
+        print("  a base-model answer right after, for scale: " + ", ".join(f"{b:.2f}" for *_, b in split))
         print(
             f"hot-load ({len(loads)} adapters, registration to first answer): p50 {statistics.median(loads):.2f} s, "
-            f"p99 {percentile(loads, 99):.2f} s, max {max(loads):.2f} s; no replica started"
+            f"p99 {percentile(loads, 99):.2f} s, max {max(loads):.2f} s; to its first token: p50 "
+            f"{statistics.median(tokens):.2f} s, p99 {percentile(tokens, 99):.2f} s; no replica started"
         )
         print(
             f"memory: tuned replica {before:.2f} GiB before, {after:.2f} GiB with {len(folders)} adapters loaded: "
