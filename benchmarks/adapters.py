@@ -6,8 +6,8 @@ of rank 8, 32 cached). Adapters are made by peft (random weights, rank 8 on q/v,
 at runtime through the admin route, so every figure is of the serving path a user gets:
 
 - hot-load: from ``PUT /admin/adapters/<name>`` (which loads and probes the adapter on a replica) to the first
-  answer of that specialist (32 tokens), and to that answer's first token (streamed), p50/p99 over the adapters;
-  no replica starts (the engine's pid is checked);
+  answer of that specialist (at most 32 tokens), and to that answer's first token (streamed), p50/p99 over the
+  adapters; no replica starts (the engine's pid is checked);
 - throughput: closed loop at ``--concurrency`` for ``--seconds`` per case, output tokens/s, for the base model on
   ``plain``, the base model on ``tuned`` (what enabling LoRA costs), and 1, 4 and 16 adapters round-robin on
   ``tuned``; ratios against base-only on ``tuned``, measured in this one run;
@@ -23,6 +23,7 @@ import json
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -54,25 +55,39 @@ async def chat(http: httpx.AsyncClient, model: str, prompt: str) -> int:
     return answer.json()["usage"]["completion_tokens"]
 
 
-async def first_token(http: httpx.AsyncClient, model: str, prompt: str) -> float:
-    """Streams one answer to its end; returns the seconds from the call to its first text."""
+async def streamed(http: httpx.AsyncClient, model: str, prompt: str) -> tuple[float, int]:
+    """Streams one answer to its end; returns the seconds from the call to its first text, and its tokens."""
     body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": MAX_TOKENS}
-    started, first = time.perf_counter(), None
-    async with http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as answer:
+    body |= {"stream": True, "stream_options": {"include_usage": True}}
+    started, first, tokens = time.perf_counter(), None, 0
+    async with http.stream("POST", "/v1/chat/completions", json=body) as answer:
         answer.raise_for_status()
         async for line in answer.aiter_lines():
-            if first is None and line.startswith("data: {"):
-                choices = json.loads(line[len("data: ") :]).get("choices") or [{}]
-                if choices[0].get("delta", {}).get("content"):
-                    first = time.perf_counter() - started
-    return first if first is not None else time.perf_counter() - started
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[len("data: ") :])
+            tokens = (chunk.get("usage") or {}).get("completion_tokens", tokens)
+            content = ((chunk.get("choices") or [{}])[0].get("delta") or {}).get("content")
+            if first is None and content:
+                first = time.perf_counter() - started
+    return (first if first is not None else time.perf_counter() - started), tokens
 
 
-async def hot_load(url: str, folders: list[Path]) -> list[tuple[float, float, float, float]]:
-    """Per registration: seconds from the registration call to the first answer of its specialist, of which the
-    registration (load, probe, store) and the first answer; the seconds from the registration call to the first
-    token of that answer (streamed); and the answer of a base-model call right after, which is what the first
-    answer would take without the adapter (a random adapter never stops early: each first answer is 32 tokens)."""
+@dataclass
+class HotLoad:
+    """One registration's timings (seconds from the registration call) and its specialist's first answer."""
+
+    registered: float  # load, shape check, probe, store
+    first_token: float  # the first answer's first token (streamed)
+    answered: float  # the first answer complete
+    answer_tokens: int
+    base_answer: float  # a base-model answer right after, for scale
+
+
+async def hot_load(url: str, folders: list[Path]) -> list[HotLoad]:
+    """Per registration, the :class:`HotLoad` timings. The first answer's length is the adapter's doing (random
+    weights: some stop after about 10 tokens, some run to ``MAX_TOKENS``), and a CPU LoRA decode is slow, so the
+    complete answer varies with it; the registration and the first token do not."""
     times = []
     async with httpx.AsyncClient(base_url=url, timeout=300) as http:
         for index, folder in enumerate(folders):
@@ -81,12 +96,12 @@ async def hot_load(url: str, folders: list[Path]) -> list[tuple[float, float, fl
                 f"/admin/adapters/a{index}", json={"model": "tuned", "adapter": {"source": str(folder)}}
             )
             put.raise_for_status()
-            registered = time.perf_counter()
-            to_token = await first_token(http, f"a{index}", PROMPTS[0])
-            answered = time.perf_counter()
+            registered = time.perf_counter() - started
+            to_token, tokens = await streamed(http, f"a{index}", PROMPTS[0])
+            answered = time.perf_counter() - started
             await chat(http, "tuned", PROMPTS[0])
-            base = time.perf_counter() - answered
-            times.append((answered - started, registered - started, registered - started + to_token, base))
+            base = time.perf_counter() - started - answered
+            times.append(HotLoad(registered, registered + to_token, answered, tokens, base))
     return times
 
 
@@ -120,19 +135,20 @@ def main() -> None:
     with running_fleet(work=work, spec=bench_spec(work / "fleet.yaml")) as url:
         asyncio.run(throughput(url, ["plain", "tuned"], 4, 5))  # warm both engines
         engine_pid, before = replica_process("model-tuned").pid, rss_gib("model-tuned")
-        split = asyncio.run(hot_load(url, folders))
-        loads = [total for total, *_ in split]
-        tokens = [token for _, _, token, _ in split]
+        timed = asyncio.run(hot_load(url, folders))
+        loads = [h.answered for h in timed]
+        to_token = [h.first_token for h in timed]
         after = rss_gib("model-tuned")
         assert replica_process("model-tuned").pid == engine_pid, "a replica restarted during hot-load"
         print("hot-load per registration, in order (s): " + ", ".join(f"{t:.2f}" for t in loads))
-        print("  of which registration (load + probe + store): " + ", ".join(f"{r:.2f}" for _, r, _, _ in split))
-        print("  registration to the answer's first token: " + ", ".join(f"{t:.2f}" for t in tokens))
-        print("  a base-model answer right after, for scale: " + ", ".join(f"{b:.2f}" for *_, b in split))
+        print("  of which registration (load + probe + store): " + ", ".join(f"{h.registered:.2f}" for h in timed))
+        print("  registration to the answer's first token: " + ", ".join(f"{t:.2f}" for t in to_token))
+        print("  the first answer's length (tokens): " + ", ".join(str(h.answer_tokens) for h in timed))
+        print("  a base-model answer right after, for scale: " + ", ".join(f"{h.base_answer:.2f}" for h in timed))
         print(
             f"hot-load ({len(loads)} adapters, registration to first answer): p50 {statistics.median(loads):.2f} s, "
             f"p99 {percentile(loads, 99):.2f} s, max {max(loads):.2f} s; to its first token: p50 "
-            f"{statistics.median(tokens):.2f} s, p99 {percentile(tokens, 99):.2f} s; no replica started"
+            f"{statistics.median(to_token):.2f} s, p99 {percentile(to_token, 99):.2f} s; no replica started"
         )
         print(
             f"memory: tuned replica {before:.2f} GiB before, {after:.2f} GiB with {len(folders)} adapters loaded: "
