@@ -45,6 +45,7 @@ def add_convert_commands(sub: Any, add_spec_argument: Callable[[argparse.Argumen
         "gate": "S6: register each adapter on the fleet, keep it only if it beats its base on held-out",
         "promote": "S6: each kept adapter takes its task's LLM-tier calls (shadow first, live once it agrees)",
         "run": "every stage in order (without --url: curate and discover only)",
+        "drift": "whether the calls logged since the last round hold a new task (--run: start a new round then)",
     }
     for name, what in helps.items():
         command = stages.add_parser(name, help=what)
@@ -57,6 +58,10 @@ def add_convert_commands(sub: Any, add_spec_argument: Callable[[argparse.Argumen
 
 
 def _stage_options(name: str, command: argparse.ArgumentParser) -> None:
+    if name == "drift":
+        command.add_argument("--run", action="store_true", help="on drift, run every stage as 'convert run' does")
+        command.add_argument("--json", action="store_true", help="print the report as JSON")
+        name = "run"  # and every option of 'run', which it may go on to
     if name in ("curate", "run"):
         command.add_argument("--key", type=Path, required=True, help="the usage log's private key")
     if name in ("choose", "gate", "promote", "run"):
@@ -183,6 +188,52 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_drift(args: argparse.Namespace) -> int:
+    """The calls logged since the last round, matched to its accepted tasks (see :mod:`cluster.convert.drift`);
+    with --run, a new round when they hold a new task."""
+    import numpy as np
+
+    from cluster.convert.curate import CURATED_FILE, curate, read_curated
+    from cluster.convert.discover import DiscoverySettings, accepted_tasks
+    from cluster.convert.drift import KnownTask, drift_report
+    from cluster.convert.embed import Embedder, task_text
+    from cluster.convert.log_files import read_records
+    from cluster.convert.pii import PiiScrubber
+    from cluster.convert.sealed_log import SealedLogError, load_private_key
+
+    work = work_folder(args)
+    destination = _log_destination(args)
+    if destination is None:
+        return EXIT_USAGE
+    if not (work / CURATED_FILE).is_file():
+        print(f"error: no round in {work}; run 'slmfleet convert run' first", file=sys.stderr)
+        return EXIT_USAGE
+    unknown_radius = 1.0 - DiscoverySettings().max_distance  # a round from before radii were kept
+    known = {
+        task["name"]: KnownTask(np.asarray(task["centroid"]), task.get("radius", unknown_radius))
+        for task in accepted_tasks(work)
+    }
+    seen = {example["request_id"] for example in read_curated(work)}
+    with tempfile.TemporaryDirectory(prefix="slmfleet-usage-") as scratch:
+        try:
+            records = read_records(destination, Path(scratch), load_private_key(args.key))
+            examples, _ = curate((r for r in records if r["request_id"] not in seen), PiiScrubber())
+        except SealedLogError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    report = drift_report(known, Embedder().embed([task_text(example) for example in examples]))
+    if args.json:
+        print(json.dumps(report.as_dict()))
+    else:
+        print(f"{report.new_calls} curated calls since the last round in {work}")
+        print("  of known tasks: " + (", ".join(f"{n} {c}" for n, c in report.by_task.most_common()) or "none"))
+        print(f"  of no known task: {report.unmatched}; new tasks among them: {report.new_tasks or 'none'}")
+        print("drift: a new round is due" if report.drift else "no drift")
+    if report.drift and args.run:
+        return _cmd_run(args)
+    return 0
+
+
 def _print_summary(summary: dict[str, Any]) -> None:
     print(f"usage log at {summary['destination']}")
     print(
@@ -216,4 +267,5 @@ STAGES: dict[str, Callable[[argparse.Namespace], int]] = {
     "gate": _fleet_stage("gate"),
     "promote": _fleet_stage("promote"),
     "run": _cmd_run,
+    "drift": _cmd_drift,
 }

@@ -106,14 +106,16 @@ def _words(text: str) -> list[str]:
 
 
 def discover(texts: list[str], ids: list[str], vectors: np.ndarray, settings: DiscoverySettings) -> dict[str, Any]:
-    """The tasks found: per task its id, suggested name, members, centroid and most typical prompts."""
+    """The tasks found: per task its id, suggested name, members, centroid, radius (the lowest similarity of a
+    member to the centroid) and most typical prompts."""
     labels = cluster_embeddings(vectors, settings)
     centroids = _centroids(vectors, labels)
     used: set[str] = set()
     tasks = []
     for label, centroid in centroids.items():
         members = np.flatnonzero(labels == label)
-        nearest = members[np.argsort(-(vectors[members] @ centroid))][:TYPICAL_SHOWN]
+        similarity = vectors[members] @ centroid
+        nearest = members[np.argsort(-similarity)][:TYPICAL_SHOWN]
         others = [texts[i] for i in np.flatnonzero(labels != label)]
         tasks.append(
             {
@@ -122,6 +124,7 @@ def discover(texts: list[str], ids: list[str], vectors: np.ndarray, settings: Di
                 "size": len(members),
                 "members": [ids[i] for i in members],
                 "centroid": [round(float(x), 6) for x in centroid],
+                "radius": round(float(similarity.min()), 6),  # its farthest member's similarity to the centroid
                 "typical": [texts[i] for i in nearest],
             }
         )

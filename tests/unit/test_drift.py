@@ -1,0 +1,107 @@
+"""Drift: calls logged since the last round, matched to its accepted tasks; a cluster that none covers is a new
+task, and ``convert drift --run`` starts the round that finds it (the real embedder, curation and sealed log)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from cluster.cli import main
+from cluster.convert.discover import REVIEW_FILE, DiscoverySettings
+from cluster.convert.drift import KnownTask, drift_report
+from deployments.router.usage_log import UsageLog
+from tests.conversion_traffic import TrafficGenerator
+from tests.unit.test_discovery import blob
+from tests.unit.test_usage_log import FLEET, settings
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def test_calls_near_known_tasks_match_them_and_a_new_cluster_is_drift():
+    rng = np.random.default_rng(3)
+    axes = np.eye(16)
+    known = {"intent": KnownTask(axes[0], 0.9), "extract": KnownTask(axes[1], 0.9)}
+    routine = np.vstack([blob(axes[0], 10, rng), blob(axes[1], 3, rng)])
+    report = drift_report(known, routine)
+    assert (report.new_calls, dict(report.by_task), report.unmatched, report.drift) == (
+        13,
+        {"intent": 10, "extract": 3},
+        0,
+        False,
+    )
+
+    few_new = np.vstack([routine, blob(axes[2], 3, rng)])  # under min_cluster_size: not a task yet
+    assert drift_report(known, few_new).unmatched == 3 and not drift_report(known, few_new).drift
+
+    new = np.vstack([routine, blob(axes[2], 8, rng), blob(axes[3], 6, rng)])
+    report = drift_report(known, new)
+    assert report.drift and report.new_tasks == [8, 6] and report.unmatched == 14
+    assert report.as_dict()["by_task"] == {"intent": 10, "extract": 3}
+
+    assert drift_report({}, new).new_tasks == [10, 8, 6]  # nothing known yet: every cluster of 5 or more is new
+    assert drift_report(known, np.zeros((0, 16))).as_dict()["new_calls"] == 0
+    between = blob((axes[0] + axes[2]) / np.sqrt(2), 6, rng)  # about 0.7 from intent's centroid
+    assert drift_report(known, between).new_tasks == [6]  # farther than intent's own members (0.9): new
+    wide = {**known, "intent": KnownTask(axes[0], 0.6)}
+    assert dict(drift_report(wide, between).by_task) == {"intent": 6}  # a task that is spread that wide covers it
+    few = DiscoverySettings(min_cluster_size=3)  # discovery's settings decide what a new task is
+    assert drift_report(known, few_new, few).new_tasks == [3]
+
+
+def logged(prompts, start: int) -> list[dict]:
+    return [
+        {
+            "request_id": f"r{start + i}",
+            "model": "big",
+            "specialist": None,
+            "pipeline": None,
+            "escalated_from": None,
+            "escalation_reason": None,
+            "instructions": None,
+            "messages": p.messages,
+            "tools": None,
+            "contract": None,
+            "answer": p.answer,
+            "tool_calls": [],
+            "finish_reason": "stop",
+            "error": None,
+            "tokens_in": 50,
+            "tokens_out": 10,
+            "cost": 0.01,
+        }
+        for i, p in enumerate(prompts)
+    ]
+
+
+def test_drift_command_reports_a_new_task_and_run_starts_the_round_that_finds_it(tmp_path, capsys):
+    assert main(["convert", "keygen", "--out", str(tmp_path / "k")]) == 0
+    public = (tmp_path / "k" / "usage-log.pub").read_text().strip()
+    spec = tmp_path / "fleet.yaml"
+    spec.write_text(json.dumps({**FLEET, "usage_log": {"public_key": public, "destination": str(tmp_path / "log")}}))
+    work = tmp_path / "round"
+    common = ["--spec", str(spec), "--key", str(tmp_path / "k" / "usage-log.key"), "--work", str(work)]
+
+    def write(records: list[dict], writer: str) -> None:
+        log = UsageLog(settings(public, tmp_path / "log"), writer, home=tmp_path)
+        for record in records:
+            log.record(record)
+        log.close()
+
+    traffic = TrafficGenerator(seed=21)
+    write(logged(traffic.prompts(12, ("intent", "extract", "sentiment")), 0), "router-a")
+    assert main(["convert", "run", *common]) == 0
+    assert len(yaml.safe_load((work / REVIEW_FILE).read_text())["tasks"]) == 3
+    capsys.readouterr()
+
+    write(logged(traffic.prompts(6, ("intent",)) + traffic.prompts(10, ("summary",)), 100), "router-b")
+    assert main(["convert", "drift", *common, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["new_calls"] == 16 and report["drift"], report  # the 36 calls of the round are not new
+    assert sum(report["by_task"].values()) == 6 and report["unmatched"] == 10 and report["new_tasks"] == [10]
+
+    assert main(["convert", "drift", *common, "--run"]) == 0  # drift: a new round over the whole log
+    assert "drift: a new round is due" in capsys.readouterr().out
+    assert len(yaml.safe_load((work / REVIEW_FILE).read_text())["tasks"]) == 4
