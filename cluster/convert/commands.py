@@ -38,7 +38,7 @@ def add_convert_commands(sub: Any, add_spec_argument: Callable[[argparse.Argumen
     inspect.set_defaults(func=_cmd_inspect)
 
     helps = {
-        "curate": "S2: the log's examples with PII removed, failures and repeats dropped",
+        "curate": "S2: the log's examples with PII removed, failures and repeats dropped (--address: on Ray Data)",
         "discover": "S3: cluster the curated examples into tasks; writes tasks.yaml for review",
         "choose": "S4: score the fleet's SLMs on each accepted task; serve as is, or train",
         "train": "S5: a LoRA adapter per task to train (locally, or as a Ray task with --address)",
@@ -69,8 +69,13 @@ def _stage_options(name: str, command: argparse.ArgumentParser) -> None:
             "--url", required=name != "run", help="the fleet's HTTP address (e.g. http://127.0.0.1:8000)"
         )
         command.add_argument("--api-key-env", default=None, help="environment variable with an admin-scoped API key")
-    if name in ("train", "run"):
-        command.add_argument("--address", default=None, help="train as a Ray task on this cluster (default: here)")
+    if name in ("curate", "discover", "train", "run"):
+        command.add_argument(
+            "--address",
+            default=None,
+            help="work on this Ray cluster: curation and embeddings through Ray Data, training as a Ray task "
+            "(default: in this process)",
+        )
         command.add_argument("--gpus", type=float, default=0, help="GPUs for the Ray training task")
         command.add_argument("--steps", type=int, default=None, help="training steps (default: by device)")
     if name in ("gate", "run"):
@@ -130,7 +135,18 @@ def work_folder(args: argparse.Namespace) -> Path:
     return args.work or slmfleet_home() / "convert"
 
 
+def _on_ray(args: argparse.Namespace) -> bool:
+    """Joins the Ray cluster at ``--address`` when one is given: the batch work then runs there."""
+    if not getattr(args, "address", None):
+        return False
+    import ray
+
+    ray.init(address=args.address, ignore_reinit_error=True, logging_level="ERROR")
+    return True
+
+
 def _cmd_curate(args: argparse.Namespace) -> int:
+    from cluster.convert.batch import curate_on_ray
     from cluster.convert.curate import curate, write_curated
     from cluster.convert.log_files import read_records
     from cluster.convert.pii import PiiScrubber
@@ -142,7 +158,7 @@ def _cmd_curate(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="slmfleet-usage-") as scratch:
         try:
             records = read_records(destination, Path(scratch), load_private_key(args.key))
-            examples, report = curate(records, PiiScrubber())
+            examples, report = curate_on_ray(records) if _on_ray(args) else curate(records, PiiScrubber())
         except SealedLogError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
@@ -154,6 +170,7 @@ def _cmd_curate(args: argparse.Namespace) -> int:
 
 
 def _cmd_discover(args: argparse.Namespace) -> int:
+    from cluster.convert.batch import embed_on_ray
     from cluster.convert.curate import CURATED_FILE, read_curated
     from cluster.convert.discover import REVIEW_FILE, DiscoverySettings, discover, write_discovery
     from cluster.convert.embed import EMBEDDING_MODEL, Embedder, task_text
@@ -165,7 +182,8 @@ def _cmd_discover(args: argparse.Namespace) -> int:
     examples = list(read_curated(work))
     texts = [task_text(example) for example in examples]
     settings = DiscoverySettings()
-    found = discover(texts, [e["request_id"] for e in examples], Embedder().embed(texts), settings)
+    vectors = embed_on_ray(texts) if _on_ray(args) else Embedder().embed(texts)
+    found = discover(texts, [e["request_id"] for e in examples], vectors, settings)
     write_discovery(work, found, settings, EMBEDDING_MODEL)
     print(f"{len(found['tasks'])} tasks in {len(examples)} examples ({len(found['unclustered'])} unclustered):")
     for task in found["tasks"]:
@@ -193,6 +211,7 @@ def _cmd_drift(args: argparse.Namespace) -> int:
     with --run, a new round when they hold a new task."""
     import numpy as np
 
+    from cluster.convert.batch import curate_on_ray, embed_on_ray
     from cluster.convert.curate import CURATED_FILE, curate, read_curated
     from cluster.convert.discover import DiscoverySettings, accepted_tasks
     from cluster.convert.drift import KnownTask, drift_report
@@ -214,14 +233,17 @@ def _cmd_drift(args: argparse.Namespace) -> int:
         for task in accepted_tasks(work)
     }
     seen = {example["request_id"] for example in read_curated(work)}
+    on_ray = _on_ray(args)
     with tempfile.TemporaryDirectory(prefix="slmfleet-usage-") as scratch:
         try:
             records = read_records(destination, Path(scratch), load_private_key(args.key))
-            examples, _ = curate((r for r in records if r["request_id"] not in seen), PiiScrubber())
+            new = [record for record in records if record["request_id"] not in seen]
+            examples, _ = curate_on_ray(new) if on_ray else curate(new, PiiScrubber())
         except SealedLogError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
-    report = drift_report(known, Embedder().embed([task_text(example) for example in examples]))
+    texts = [task_text(example) for example in examples]
+    report = drift_report(known, embed_on_ray(texts) if on_ray else Embedder().embed(texts))
     if args.json:
         print(json.dumps(report.as_dict()))
     else:

@@ -121,18 +121,31 @@ def _example_key(example: dict[str, Any]) -> str:
     return json.dumps(task, sort_keys=True)
 
 
-def curate(records: Iterable[dict[str, Any]], scrubber: PiiScrubber) -> tuple[list[dict[str, Any]], CurationReport]:
-    """The examples worth learning from, scrubbed and without repeats, and the report of what was removed."""
+Scrubbed = tuple[str | None, dict[str, Any] | None, Counter[str]]
+"""One record's fate: why it is dropped (None: kept), its scrubbed example, and the PII found in it."""
+
+
+def scrub_record(record: dict[str, Any], scrubber: PiiScrubber) -> Scrubbed:
+    """The per-record work of curation (checked, then scrubbed): independent of every other record, so a cluster
+    can share it out (``cluster.convert.batch``)."""
+    problem = answer_problem(record)
+    if problem is not None:
+        return problem, None, Counter()
+    found = CurationReport()
+    return None, curated_example(record, scrubber, found), found.pii
+
+
+def collect(results: Iterable[Scrubbed]) -> tuple[list[dict[str, Any]], CurationReport]:
+    """The kept examples without repeats (the first of each kept, in log order), and the report of what went."""
     report = CurationReport()
     seen: set[str] = set()
     kept: list[dict[str, Any]] = []
-    for record in records:
+    for problem, example, pii in results:
         report.read += 1
-        problem = answer_problem(record)
-        if problem is not None:
-            report.dropped[problem] += 1
+        if problem is not None or example is None:
+            report.dropped[problem or "failed"] += 1
             continue
-        example = curated_example(record, scrubber, report)
+        report.pii.update(pii)
         key = _example_key(example)
         if key in seen:
             report.dropped["duplicate"] += 1
@@ -141,6 +154,11 @@ def curate(records: Iterable[dict[str, Any]], scrubber: PiiScrubber) -> tuple[li
         kept.append(example)
     report.kept = len(kept)
     return kept, report
+
+
+def curate(records: Iterable[dict[str, Any]], scrubber: PiiScrubber) -> tuple[list[dict[str, Any]], CurationReport]:
+    """The examples worth learning from, scrubbed and without repeats, and the report of what was removed."""
+    return collect(scrub_record(record, scrubber) for record in records)
 
 
 def write_curated(folder: Path, examples: list[dict[str, Any]], report: CurationReport) -> None:
