@@ -41,7 +41,7 @@ def e2e_spec(path: Path, gate_url: str, adapters: dict[str, Path]) -> Path:
     has LoRA slots, and ``tuned-a``/``tuned-b`` are adapter specialists on it (``adapters`` made by peft), as is
     ``untrained-spec``, whose adapter changes nothing (its probe must refuse it). The usage
     log records ``intent-unsure``'s and ``triage-always-escalate``'s calls that reach the LLM tier; promotions move
-    fast (``conversion``)."""
+    fast (``conversion``), and ``big-twin`` (smol with no instructions) agrees with big."""
     spec = yaml.safe_load((ROOT / "fleet.yaml").read_text())
     # 4 slots: at max_loras 2, two adapters and the base batched together changed answers (vLLM 0.32 CPU, measured)
     spec["models"]["smol"]["lora"] = {"max_loras": 4, "max_lora_rank": 8, "max_cpu_loras": 4}
@@ -77,9 +77,14 @@ def e2e_spec(path: Path, gate_url: str, adapters: dict[str, Path]) -> Path:
     unsure["log_usage"] = demo["log_usage"] = True
     _, public_key, destination = usage_log_keys()
     spec["usage_log"] = {"public_key": public_key, "destination": str(destination)}
-    # promotions would go live after 3 agreeing shadow samples; live ones are not sampled (this LLM tier is the same
-    # small model, whose answers a good specialist would disagree with, and be rolled back for)
-    spec["conversion"] = {"promote_after": 3, "shadow_rate": 0.0}
+    # promotions go live after 3 agreeing shadow samples; every live call is compared too, and 4 samples are enough
+    # to roll one back. ``big-twin`` is smol with no instructions: big's own weights, so it agrees with big
+    spec["conversion"] = {"promote_after": 3, "shadow_rate": 1.0, "min_samples_for_rollback": 4}
+    spec["specialists"]["big-twin"] = {
+        "model": "smol",
+        "description": "smol as it is: the same weights as big, so the same answers",
+        "sampling": {"temperature": 0.0, "max_tokens": 8},
+    }
     cold = copy.deepcopy(spec["models"]["smol"])
     cold["autoscaling"] = {"min_replicas": 0, "max_replicas": 1, "idle_delay_s": 10, "downscale_delay_s": 0}
     spec["models"]["cold"] = cold

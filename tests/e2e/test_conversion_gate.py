@@ -3,8 +3,9 @@ training); a LoRA adapter trained on the good LLM's answers (the traffic generat
 answer) passes the gate on held-out examples and serves as a specialist with no restart; promoted, it first runs
 in shadow (matched, compared, the LLM still answering), and once live takes plain calls of its task addressed to the
 LLM tier (and says so) while other tasks still reach the LLM; an adapter that learned nothing is refused by the gate.
-Going live and rolling back on measured agreement need an LLM tier that answers well, which this fleet's is not:
-they are tested over a fake backend (tests/unit/test_promotions.py)."""
+This fleet's LLM tier is the same 135M model as its SLM, so a trained specialist disagrees with it; going live and
+rolling back on measured agreement are shown with specialists whose agreement is known: ``big-twin`` (big's own
+weights, no instructions) agrees, ``tuned-a`` (a random adapter) does not."""
 
 import time
 
@@ -156,3 +157,41 @@ def test_a_live_promotion_serves_its_task_on_the_specialist_and_other_tasks_on_t
         assert other["slmfleet"]["served_by"] == "big" and "promotion" not in other["slmfleet"]
     finally:
         httpx.delete(f"{fleet.url}/admin/promotions/intent", timeout=30)
+
+
+def test_a_shadow_promotion_that_agrees_goes_live_on_measured_agreement(fleet):
+    promote(fleet, "intent-twin", "big-twin", Embedder())
+    calls = iter(examples_of("intent", 60, seed=51))
+    try:
+
+        def live_reply():
+            reply = ask_big(fleet, next(calls))
+            return reply if reply["slmfleet"].get("promotion", {}).get("phase") == "live" else None
+
+        reply = until(live_reply, within_s=150)  # promote_after (3) agreeing samples, then the router's next read
+        assert reply, promotion_state(fleet, "intent-twin")
+        report = reply["slmfleet"]
+        assert report["served_by"] == "smol" and report["promotion"]["specialist"] == "big-twin", report
+        assert promotion_state(fleet, "intent-twin")["phase"] == "live"
+    finally:
+        httpx.delete(f"{fleet.url}/admin/promotions/intent-twin", timeout=30)
+
+
+def test_a_live_promotion_that_disagrees_is_rolled_back_and_its_task_reaches_the_llm_again(fleet):
+    promote(fleet, "intent-rollback", "tuned-a", Embedder(), phase="live")  # a random adapter: it disagrees
+    calls = iter(examples_of("intent", 60, seed=61))
+    try:
+        served = until(lambda: ask_big(fleet, next(calls))["slmfleet"].get("promotion"), within_s=90)
+        assert served and served["specialist"] == "tuned-a" and served["phase"] == "live", served
+        rolled_back = until(lambda: ask_big(fleet, next(calls)) and promotion_state(fleet, "intent-rollback") is None,
+                            within_s=150)  # fmt: skip
+        assert rolled_back, promotion_state(fleet, "intent-rollback")  # min_samples_for_rollback (4) disagreeing
+
+        def unpromoted_reply():
+            reply = ask_big(fleet, next(calls))
+            return reply if "promotion" not in reply["slmfleet"] else None
+
+        reply = until(unpromoted_reply, within_s=30)  # the router's next read of the store
+        assert reply and reply["slmfleet"]["served_by"] == "big", reply
+    finally:
+        httpx.delete(f"{fleet.url}/admin/promotions/intent-rollback", timeout=30)
