@@ -83,7 +83,7 @@ class ServeBackend:
         self.refusals = RefusalMemo()
         self.usage: UsageRecorder | None = None  # records opted-in LLM-tier calls (see usage_log)
         # why a specialist may not be served (a spec adapter that failed its probe), None when it may
-        self.adapter_check: Callable[[str | None], Awaitable[str | None]] | None = None
+        self.adapter_check: Callable[[str | None, str], Awaitable[str | None]] | None = None  # (specialist, model)
 
     def _refused_here(self, model: str, request: GenerationRequest) -> GenerationResult | None:
         """The model's recent refusal applied to this request without a call (see :mod:`refusal_memo`)."""
@@ -106,7 +106,7 @@ class ServeBackend:
     async def _not_served(self, model: str, request: GenerationRequest) -> GenerationResult | None:
         """A refusal without a model call: the specialist's spec adapter failed its probe, or the model's recent
         overload refusal applies (see :mod:`refusal_memo`)."""
-        if self.adapter_check is not None and (reason := await self.adapter_check(request.specialist)):
+        if self.adapter_check is not None and (reason := await self.adapter_check(request.specialist, model)):
             message = f"specialist '{request.specialist}' is not served: {reason}; fix its adapter or remove it"
             return failure(model, "adapter_refused", message)
         return self._refused_here(model, request)

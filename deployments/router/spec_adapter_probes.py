@@ -39,12 +39,13 @@ class SpecAdapterProbes:
         result = self.results.get(adapter_key(adapter)) if adapter is not None else None
         return result, None if result is None else _reason(spec, specialist, result)
 
-    async def refusal(self, spec: FleetSpec, probe: Probe, specialist: str | None) -> str | None:
-        """Why ``specialist`` of ``spec`` may not be served (its adapter was refused by the engine, or moves the
-        model less than ``lora.probe_min_divergence``); None when it passed, when the probe could not run, or when
-        the specialist is not the spec's (a runtime registration was probed before it was stored)."""
+    async def refusal(self, spec: FleetSpec, probe: Probe, specialist: str | None, model: str) -> str | None:
+        """Why ``specialist`` of ``spec`` may not be served on ``model`` (its adapter was refused by the engine, or
+        moves the model less than ``lora.probe_min_divergence``); None when it passed, when the probe could not
+        run, when the specialist is not the spec's (a runtime registration was probed before it was stored), or
+        when ``model`` is not the specialist's own (an escalated call: the adapter is not applied there)."""
         own = spec.specialists.get(specialist) if specialist else None
-        if own is None or own.adapter is None:
+        if own is None or own.adapter is None or own.model != model:
             return None
         result = await self._probed(own.model, own.adapter, probe)
         return None if result is None else _reason(spec, str(specialist), result)

@@ -106,13 +106,13 @@ def test_a_new_version_of_the_adapter_is_probed_again() -> None:
     data["specialists"]["intent"]["adapter"]["version"] = "2"
     fixed = BASE.model_validate(data)
     backend.adapter_check = functools.partial(probes.refusal, fixed, probe)
-    assert asyncio.run(backend.adapter_check("intent")) is None and len(probe.calls) == 2
+    assert asyncio.run(backend.adapter_check("intent", "smol")) is None and len(probe.calls) == 2
 
 
 def test_runtime_registrations_and_plain_specialists_are_not_probed_here() -> None:
     probes, probe = SpecAdapterProbes(), ScriptedProbe()
-    assert asyncio.run(probes.refusal(BASE, probe, "registered-at-runtime")) is None
-    assert asyncio.run(probes.refusal(BASE, probe, None)) is None
+    assert asyncio.run(probes.refusal(BASE, probe, "registered-at-runtime", "smol")) is None
+    assert asyncio.run(probes.refusal(BASE, probe, None, "smol")) is None
     assert probe.calls == []
 
 
@@ -130,6 +130,24 @@ def test_a_refused_adapter_escalates_where_the_policy_allows_as_an_unavailable_m
     assert (verdict.action, verdict.reason) == ("escalate", "unavailable")
 
 
+def test_the_call_escalated_from_a_refused_adapter_is_served_on_the_llm_tier() -> None:
+    """The escalated call keeps its specialist's name, but the adapter is not applied on the LLM tier: it is not
+    refused there, and no probe runs for it."""
+    probes, probe = SpecAdapterProbes(), ScriptedProbe({"divergence": 0.0, "positions": 12})
+    handles = {"smol": AdapterHandle(), "big": AdapterHandle()}
+    backend = ServeBackend(handles, dict(BASE.specialists))
+    backend.adapter_check = functools.partial(probes.refusal, BASE, probe)
+
+    async def escalated() -> tuple[Any, Any]:
+        refused = await backend.complete("smol", GenerationRequest("r1", [], specialist="intent"))
+        answered = await backend.complete("big", GenerationRequest("r1:big", [], specialist="intent"))
+        return refused, answered
+
+    refused, answered = asyncio.run(escalated())
+    assert refused.error.kind == "adapter_refused"
+    assert answered.error is None and len(handles["big"].seen) == 1 and len(probe.calls) == 1
+
+
 def test_the_admin_listing_shows_a_spec_adapters_probe_and_why_it_is_inactive() -> None:
     probes = SpecAdapterProbes()
     fake = FakeAdmin({"divergence": 1.0, "positions": 1})
@@ -138,7 +156,7 @@ def test_the_admin_listing_shows_a_spec_adapters_probe_and_why_it_is_inactive() 
     http = TestClient(build_api(BASE, FakeBackend(), AuthGate(), adapter_admin=admin))
     (before,) = http.get("/admin/adapters").json()["data"]
     assert (before["origin"], before["active"], before["probe"]) == ("spec", True, None)
-    asyncio.run(probes.refusal(BASE, ScriptedProbe({"divergence": 0.0, "positions": 12}), "intent"))
+    asyncio.run(probes.refusal(BASE, ScriptedProbe({"divergence": 0.0, "positions": 12}), "intent", "smol"))
     (after,) = http.get("/admin/adapters").json()["data"]
     assert after["active"] is False and "does not change the model's output" in after["reason"]
     assert after["probe"]["divergence"] == 0.0
