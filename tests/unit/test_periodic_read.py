@@ -1,5 +1,6 @@
-"""The router's registry read (no Ray): at most one a period, forced after its own writes, and no request served
-from the copy a read under way is replacing (a new router replica answered 404 for a registered adapter so)."""
+"""The router's registry read (no Ray): at most one a period, forced after its own writes; no request served from
+the empty copy before the first read (a new router replica answered 404 for a registered adapter so), and after it
+no request held by a slow store."""
 
 import asyncio
 
@@ -47,8 +48,11 @@ def test_one_read_a_period_and_a_forced_one_after_a_write() -> None:
         await refresh(force=True)  # this replica wrote: read now
         assert (store.reads, store.copy) == (2, "changed")
         now[0] += 1.0
-        await refresh()
-        assert store.reads == 3
+        store.value = "changed again"
+        await refresh()  # due: it runs in the background, this request is served from the current copy
+        assert store.copy == "changed"
+        await asyncio.sleep(0.1)
+        assert (store.reads, store.copy) == (3, "changed again")
 
     asyncio.run(steps())
 
@@ -66,3 +70,42 @@ def test_a_forced_read_during_one_under_way_waits_for_it_then_reads_again() -> N
         assert store.reads == 2 and store.copy == "written meanwhile"
 
     asyncio.run(overlap())
+
+
+def test_a_cancelled_first_caller_leaves_the_first_read_running_and_the_next_requests_waiting_for_it() -> None:
+    store = Store()
+    refresh = PeriodicRead(store.read, period_s=1.0)
+
+    async def request() -> str:
+        await refresh()
+        return store.copy
+
+    async def cancelled_first() -> list[str]:
+        first = asyncio.create_task(request())
+        await asyncio.sleep(0.01)
+        first.cancel()  # its client went away while the first read was under way
+        return await asyncio.gather(*(request() for _ in range(3)))
+
+    assert asyncio.run(cancelled_first()) == ["registered"] * 3
+    assert store.reads == 1
+
+
+def test_once_loaded_a_slow_store_holds_no_request() -> None:
+    now = [100.0]
+    store = Store()
+    refresh = PeriodicRead(store.read, period_s=1.0, clock=lambda: now[0])
+
+    async def slow_store() -> float:
+        await refresh()  # the first read is waited for
+        now[0] += 2.0
+
+        async def hung() -> None:
+            await asyncio.sleep(5)
+
+        store.read, refresh.read = hung, hung  # the store stops answering
+        started = asyncio.get_running_loop().time()
+        await refresh()
+        await refresh()
+        return asyncio.get_running_loop().time() - started
+
+    assert asyncio.run(slow_store()) < 0.1
