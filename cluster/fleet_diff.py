@@ -238,8 +238,9 @@ class FleetDiff:
             lines.extend(_app_lines(app, changes))
         lines.extend(["", self._summary()])
         lines.extend(
-            f"Caution: {app} has one running replica, which Serve stops before it starts the new one: "
-            "for about a cold start, calls to it that may escalate go to the LLM tier, the rest wait."
+            f"Caution: {app} has one running replica, which Serve stops before it starts the new one: for about "
+            "a start-up it has none. Meanwhile a small model's calls that may escalate go to the LLM tier; every "
+            "other call to it waits."
             for app in self.gaps
         )
         return "\n".join(lines)

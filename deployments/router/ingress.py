@@ -202,7 +202,7 @@ class ServeBackend:
         except Exception as exc:  # the controller did not answer: the call goes ahead and waits if it must
             log.warning("readiness check for model %s failed: %r", model, exc)
             return None
-        if report["state"] == "down":
+        if report["state"] == "down" and not report.get("running"):  # a failed update may leave old ones serving
             return GenerationError("engine_dead", f"model '{model}' has no running replica: {report['detail']}")
         if model not in self.scale_to_zero or report["state"] not in ("scaled_to_zero", "waking"):
             return None

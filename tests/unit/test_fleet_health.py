@@ -135,3 +135,21 @@ def test_healthz_status_codes(models, error, code, status):
     assert (resp.status_code, resp.json()["status"]) == (code, status)
     if models:
         assert resp.json()["models"] == models
+
+
+def test_a_failed_update_with_old_replicas_still_serving_is_not_unready():
+    """``down`` from a failed update while old replicas run: calls go to them, not to the LLM tier; with none
+    running, the model is unready and a call that may escalate does so."""
+    from deployments.router.ingress import ServeBackend
+
+    async def readiness(dep) -> object:
+        backend = ServeBackend({"smol": object()})
+        backend.serve_details = ServeDetailsCache(lambda: _async(details(smol=dep)))
+        return await backend.unready("smol")
+
+    async def _async(value):
+        return value
+
+    assert asyncio.run(readiness(deployment(["RUNNING"], 1, status="DEPLOY_FAILED"))) is None
+    failed = asyncio.run(readiness(deployment(["STARTING"], 1, status="DEPLOY_FAILED", message="bad args")))
+    assert failed.kind == "engine_dead" and "bad args" in failed.message
