@@ -76,6 +76,7 @@ def _stage_options(name: str, command: argparse.ArgumentParser) -> None:
             help="work on this Ray cluster: curation and embeddings through Ray Data, training as a Ray task "
             "(default: in this process)",
         )
+    if name in ("train", "run"):
         command.add_argument("--gpus", type=float, default=0, help="GPUs for the Ray training task")
         command.add_argument("--steps", type=int, default=None, help="training steps (default: by device)")
     if name in ("gate", "run"):
@@ -145,28 +146,54 @@ def _on_ray(args: argparse.Namespace) -> bool:
     return True
 
 
-def _cmd_curate(args: argparse.Namespace) -> int:
+def _curated_from_log(
+    args: argparse.Namespace, skip: Callable[[str], bool] = lambda _: False
+) -> tuple[list[dict[str, Any]], Any] | None:
+    """The spec's usage log read with ``--key`` and curated (on Ray with ``--address``), leaving out the records
+    whose request id ``skip`` names; None, reported, when the log cannot be read."""
     from cluster.convert.batch import curate_on_ray
-    from cluster.convert.curate import curate, write_curated
+    from cluster.convert.curate import curate
     from cluster.convert.log_files import read_records
     from cluster.convert.pii import PiiScrubber
     from cluster.convert.sealed_log import SealedLogError, load_private_key
 
     destination = _log_destination(args)
     if destination is None:
-        return EXIT_USAGE
+        return None
     with tempfile.TemporaryDirectory(prefix="slmfleet-usage-") as scratch:
         try:
-            records = read_records(destination, Path(scratch), load_private_key(args.key))
-            examples, report = curate_on_ray(records) if _on_ray(args) else curate(records, PiiScrubber())
+            read = read_records(destination, Path(scratch), load_private_key(args.key))
+            records = [record for record in read if not skip(record["request_id"])]
+            return curate_on_ray(records) if _on_ray(args) else curate(records, PiiScrubber())
         except SealedLogError as exc:
             print(f"error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+            return None
+
+
+def _cmd_curate(args: argparse.Namespace) -> int:
+    from cluster.convert.curate import write_curated
+
+    curated = _curated_from_log(args)
+    if curated is None:
+        return EXIT_USAGE
+    examples, report = curated
     write_curated(work_folder(args), examples, report)
     summary = report.as_dict()
     print(f"curated {summary['kept']} of {summary['read']} records into {work_folder(args)}")
     print(f"  dropped: {summary['dropped'] or 'none'}; PII removed: {summary['pii_removed'] or 'none'}")
     return 0
+
+
+def _last_review(work: Path) -> list[dict[str, Any]]:
+    """The tasks of the review a new round replaces (none when there is none, or it no longer reads)."""
+    from cluster.convert.discover import REVIEW_FILE, reviewed_tasks
+    from cluster.spec_errors import SpecError
+
+    try:
+        return reviewed_tasks(work) if (work / REVIEW_FILE).is_file() else []
+    except (SpecError, OSError, ValueError, KeyError) as exc:
+        print(f"note: the last review in {work} is not carried over ({exc})", file=sys.stderr)
+        return []
 
 
 def _cmd_discover(args: argparse.Namespace) -> int:
@@ -184,7 +211,7 @@ def _cmd_discover(args: argparse.Namespace) -> int:
     settings = DiscoverySettings()
     vectors = embed_on_ray(texts) if _on_ray(args) else Embedder().embed(texts)
     found = discover(texts, [e["request_id"] for e in examples], vectors, settings)
-    write_discovery(work, found, settings, EMBEDDING_MODEL)
+    write_discovery(work, found, settings, EMBEDDING_MODEL, _last_review(work))
     print(f"{len(found['tasks'])} tasks in {len(examples)} examples ({len(found['unclustered'])} unclustered):")
     for task in found["tasks"]:
         print(f"  {task['id']}: {task['name']} ({task['size']} examples), e.g. {task['typical'][0][:80]!r}")
@@ -207,43 +234,33 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_drift(args: argparse.Namespace) -> int:
-    """The calls logged since the last round, matched to its accepted tasks (see :mod:`cluster.convert.drift`);
+    """The calls logged since the last round, matched to its reviewed tasks (see :mod:`cluster.convert.drift`);
     with --run, a new round when they hold a new task."""
     import numpy as np
 
-    from cluster.convert.batch import curate_on_ray, embed_on_ray
-    from cluster.convert.curate import CURATED_FILE, curate, read_curated
-    from cluster.convert.discover import DiscoverySettings, accepted_tasks
+    from cluster.convert.batch import embed_on_ray
+    from cluster.convert.curate import CURATED_FILE, read_curated
+    from cluster.convert.discover import DiscoverySettings, reviewed_tasks
     from cluster.convert.drift import KnownTask, drift_report
     from cluster.convert.embed import Embedder, task_text
-    from cluster.convert.log_files import read_records
-    from cluster.convert.pii import PiiScrubber
-    from cluster.convert.sealed_log import SealedLogError, load_private_key
 
     work = work_folder(args)
-    destination = _log_destination(args)
-    if destination is None:
-        return EXIT_USAGE
     if not (work / CURATED_FILE).is_file():
         print(f"error: no round in {work}; run 'slmfleet convert run' first", file=sys.stderr)
         return EXIT_USAGE
     unknown_radius = 1.0 - DiscoverySettings().max_distance  # a round from before radii were kept
-    known = {
-        task["name"]: KnownTask(np.asarray(task["centroid"]), task.get("radius", unknown_radius))
-        for task in accepted_tasks(work)
+    known = {  # a rejected task is known too: its calls stay on the LLM by the user's choice, they are not drift
+        task["name"] + ("" if task["decision"] == "accept" else " (rejected)"): KnownTask(
+            np.asarray(task["centroid"]), task.get("radius", unknown_radius)
+        )
+        for task in reviewed_tasks(work)
     }
     seen = {example["request_id"] for example in read_curated(work)}
-    on_ray = _on_ray(args)
-    with tempfile.TemporaryDirectory(prefix="slmfleet-usage-") as scratch:
-        try:
-            records = read_records(destination, Path(scratch), load_private_key(args.key))
-            new = [record for record in records if record["request_id"] not in seen]
-            examples, _ = curate_on_ray(new) if on_ray else curate(new, PiiScrubber())
-        except SealedLogError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-    texts = [task_text(example) for example in examples]
-    report = drift_report(known, embed_on_ray(texts) if on_ray else Embedder().embed(texts))
+    curated = _curated_from_log(args, skip=seen.__contains__)
+    if curated is None:
+        return EXIT_USAGE
+    texts = [task_text(example) for example in curated[0]]
+    report = drift_report(known, embed_on_ray(texts) if _on_ray(args) else Embedder().embed(texts))
     if args.json:
         print(json.dumps(report.as_dict()))
     else:

@@ -142,7 +142,7 @@ def collect(results: Iterable[Scrubbed]) -> tuple[list[dict[str, Any]], Curation
     kept: list[dict[str, Any]] = []
     for problem, example, pii in results:
         report.read += 1
-        if problem is not None or example is None:
+        if example is None:  # scrub_record gives none exactly when it names a problem
             report.dropped[problem or "failed"] += 1
             continue
         report.pii.update(pii)

@@ -30,6 +30,8 @@ from cluster.spec_errors import SpecError, SpecIssue, issues_from_validation_err
 REVIEW_FILE = "tasks.yaml"
 CLUSTERS_FILE = "clusters.json"
 TYPICAL_SHOWN = 3
+MATCH_MARGIN = 0.05
+"""How much farther than a task's farthest member a call (or a new round's centroid) may be and still be that task."""
 _WORD = re.compile(r"[a-z][a-z_]{3,}")
 _PLACEHOLDER = re.compile(r"<[A-Z_]+>")
 
@@ -154,15 +156,42 @@ REVIEW_HEADER = """\
 """
 
 
-def write_discovery(folder: Path, found: dict[str, Any], settings: DiscoverySettings, model: str) -> None:
-    """``clusters.json`` (members and centroids, for later stages) and ``tasks.yaml`` (for the user)."""
+def same_task(previous: dict[str, Any], centroid: np.ndarray) -> float | None:
+    """How close ``centroid`` is to a task of an earlier round (cosine similarity), when it is as close as that
+    task's farthest member was, less :data:`MATCH_MARGIN`; None when it is farther (or the task kept no radius)."""
+    if "radius" not in previous:
+        return None
+    similarity = float(np.asarray(previous["centroid"]) @ centroid)
+    return similarity if similarity >= previous["radius"] - MATCH_MARGIN else None
+
+
+def carried_decisions(tasks: list[dict[str, Any]], previous: list[dict[str, Any]]) -> dict[int, tuple[str, str]]:
+    """Task id -> (name, decision) carried over from the nearest task of the last round's review, so a new round
+    keeps what the user renamed and rejected (each earlier task is carried to one new task at most)."""
+    carried: dict[int, tuple[str, str]] = {}
+    for task in tasks:
+        centroid = np.asarray(task["centroid"])
+        near = [(s, p) for p in previous if (s := same_task(p, centroid)) is not None]
+        if near:
+            _, best = max(near, key=lambda pair: pair[0])
+            if (best["name"], best["decision"]) not in carried.values():
+                carried[task["id"]] = (best["name"], best["decision"])
+    return carried
+
+
+def write_discovery(
+    folder: Path, found: dict[str, Any], settings: DiscoverySettings, model: str, previous: list[dict[str, Any]]
+) -> None:
+    """``clusters.json`` (members and centroids, for later stages) and ``tasks.yaml`` (for the user), where a task
+    that an earlier review (``previous``) named or rejected keeps that name and decision."""
     folder.mkdir(parents=True, exist_ok=True)
     machine = {"embedding_model": model, "settings": settings.__dict__, **found}
     (folder / CLUSTERS_FILE).write_text(json.dumps(machine, indent=1) + "\n")
-    review = [
-        {"id": t["id"], "name": t["name"], "decision": "accept", "size": t["size"], "typical": t["typical"]}
-        for t in found["tasks"]
-    ]
+    carried = carried_decisions(found["tasks"], previous)
+    review = []
+    for t in found["tasks"]:
+        name, decision = carried.get(t["id"], (t["name"], "accept"))
+        review.append({"id": t["id"], "name": name, "decision": decision, "size": t["size"], "typical": t["typical"]})
     body = yaml.safe_dump({"tasks": review}, sort_keys=False, width=120, allow_unicode=True)
     (folder / REVIEW_FILE).write_text(REVIEW_HEADER + body)
 
@@ -170,6 +199,12 @@ def write_discovery(folder: Path, found: dict[str, Any], settings: DiscoverySett
 def accepted_tasks(folder: Path) -> list[dict[str, Any]]:
     """The tasks the review file accepts, under the names it gives, with their members and centroids; a bad edit
     raises SpecError naming the path in the file."""
+    return [task for task in reviewed_tasks(folder) if task["decision"] == "accept"]
+
+
+def reviewed_tasks(folder: Path) -> list[dict[str, Any]]:
+    """Every task of the review file, with its ``decision`` and the name it gives; a bad edit raises SpecError
+    naming the path in the file."""
     path = folder / REVIEW_FILE
     try:
         review = ReviewFile.model_validate(yaml.safe_load(path.read_text()))
@@ -189,4 +224,4 @@ def accepted_tasks(folder: Path) -> list[dict[str, Any]]:
     ]
     if issues:
         raise SpecError(str(path), issues)
-    return [{**found[t.id], "name": t.name} for t in review.tasks if t.decision == "accept"]
+    return [{**found[t.id], "name": t.name, "decision": t.decision} for t in review.tasks]

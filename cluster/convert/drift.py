@@ -19,10 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from cluster.convert.discover import DiscoverySettings, cluster_embeddings
-
-MARGIN = 0.05
-"""How much farther than a task's farthest member a new call may be and still count as that task."""
+from cluster.convert.discover import MATCH_MARGIN, DiscoverySettings, cluster_embeddings
 
 
 @dataclass
@@ -61,7 +58,7 @@ def drift_report(
 ) -> DriftReport:
     """``known``: the accepted tasks by name; ``vectors``: the new calls' unit-length embeddings. A call matches
     the nearest known task when it is as close to its centroid as the task's own farthest member was, less
-    :data:`MARGIN`; the rest are clustered with ``settings`` (discovery's)."""
+    :data:`~cluster.convert.discover.MATCH_MARGIN`; the rest are clustered with ``settings`` (discovery's)."""
     settings = settings or DiscoverySettings()
     report = DriftReport(new_calls=len(vectors))
     if not len(vectors):
@@ -69,7 +66,7 @@ def drift_report(
     names = list(known)
     if names:
         centroids = np.stack([known[n].centroid / np.linalg.norm(known[n].centroid) for n in names])
-        bars = np.array([known[n].radius - MARGIN for n in names])
+        bars = np.array([known[n].radius - MATCH_MARGIN for n in names])
         similarity = vectors @ centroids.T
         best = similarity.argmax(axis=1)
         matched = similarity[np.arange(len(vectors)), best] >= bars[best]

@@ -1,5 +1,6 @@
-"""Drift: calls logged since the last round, matched to its accepted tasks; a cluster that none covers is a new
-task, and ``convert drift --run`` starts the round that finds it (the real embedder, curation and sealed log)."""
+"""Drift: calls logged since the last round, matched to its reviewed tasks; a cluster that none covers is a new
+task, and ``convert drift --run`` starts the round that finds it, keeping the user's renames and rejections (the
+real embedder, curation and sealed log)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import yaml
 
 from cluster.cli import main
-from cluster.convert.discover import REVIEW_FILE, DiscoverySettings
+from cluster.convert.discover import CLUSTERS_FILE, REVIEW_FILE, DiscoverySettings
 from cluster.convert.drift import KnownTask, drift_report
 from deployments.router.usage_log import UsageLog
 from tests.conversion_traffic import TrafficGenerator
@@ -91,17 +92,32 @@ def test_drift_command_reports_a_new_task_and_run_starts_the_round_that_finds_it
         log.close()
 
     traffic = TrafficGenerator(seed=21)
-    write(logged(traffic.prompts(12, ("intent", "extract", "sentiment")), 0), "router-a")
+    first = traffic.prompts(12, ("intent", "extract", "sentiment"))
+    write(logged(first, 0), "router-a")
     assert main(["convert", "run", *common]) == 0
-    assert len(yaml.safe_load((work / REVIEW_FILE).read_text())["tasks"]) == 3
+    kind = {f"r{i}": p.task for i, p in enumerate(first)}
+    review = yaml.safe_load((work / REVIEW_FILE).read_text())
+    clusters = {t["id"]: t for t in json.loads((work / CLUSTERS_FILE).read_text())["tasks"]}
+    assert len(review["tasks"]) == 3
+    for task in review["tasks"]:  # the user's review: sentiment stays with the LLM, intent gets a name
+        found = {kind[m] for m in clusters[task["id"]]["members"]}
+        assert len(found) == 1, found
+        task["decision"] = "reject" if found == {"sentiment"} else "accept"
+        task["name"] = "intent-router" if found == {"intent"} else task["name"]
+    (work / REVIEW_FILE).write_text(yaml.safe_dump(review))
     capsys.readouterr()
 
-    write(logged(traffic.prompts(6, ("intent",)) + traffic.prompts(10, ("summary",)), 100), "router-b")
+    later = traffic.prompts(6, ("intent",)) + traffic.prompts(6, ("sentiment",)) + traffic.prompts(10, ("summary",))
+    write(logged(later, 100), "router-b")
     assert main(["convert", "drift", *common, "--json"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert report["new_calls"] == 16 and report["drift"], report  # the 36 calls of the round are not new
-    assert sum(report["by_task"].values()) == 6 and report["unmatched"] == 10 and report["new_tasks"] == [10]
+    assert report["new_calls"] == 22 and report["drift"], report  # the 36 calls of the round are not new
+    assert report["by_task"]["intent-router"] == 6, report
+    assert sum(n for name, n in report["by_task"].items() if name.endswith("(rejected)")) == 6, report
+    assert report["unmatched"] == 10 and report["new_tasks"] == [10], report  # rejected calls are not drift
 
     assert main(["convert", "drift", *common, "--run"]) == 0  # drift: a new round over the whole log
     assert "drift: a new round is due" in capsys.readouterr().out
-    assert len(yaml.safe_load((work / REVIEW_FILE).read_text())["tasks"]) == 4
+    again = {t["name"]: t["decision"] for t in yaml.safe_load((work / REVIEW_FILE).read_text())["tasks"]}
+    assert len(again) == 4 and again["intent-router"] == "accept", again  # the rename survives the new round
+    assert sorted(again.values()) == ["accept", "accept", "accept", "reject"], again  # and so does the rejection
