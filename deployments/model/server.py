@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import ray
 from opentelemetry import trace
 
-from cluster.adapter_files import check_adapter_folder
+from cluster.adapter_files import AdapterFileError, check_adapter_folder
 from cluster.adapter_probe import PROBE_TEXTS, PROBE_TOP_K, mean_divergence, probe_prefixes
 from cluster.admission import Admission, decide_admission, model_objective_s, queue_budget
 from cluster.autoscaling_policy import OBJECTIVE_METRIC, WAIT_METRIC
@@ -237,13 +237,13 @@ class ModelServer:
 
     async def probe_adapter(self, adapter: AdapterSpec) -> dict[str, Any]:
         """Load ``adapter`` and measure how far it moves the model (:mod:`cluster.adapter_probe`):
-        ``{"divergence", "positions", "load_s"}``, or ``{"error"}`` when it cannot be loaded."""
+        ``{"divergence", "positions", "load_s"}``, or :func:`load_failure`'s answer when it cannot be loaded."""
         started = time.perf_counter()
         try:
             loaded = await self.adapters.load(adapter)
-        except Exception as exc:  # the engine refused the files (rank, shapes) or they are unreadable
-            log.warning("model %s: adapter %s refused: %r", self.model_name, adapter, exc)
-            return {"error": _engine_reason(exc)}
+        except Exception as exc:  # the engine refused the files (rank, shapes), they are wrong, or the fetch failed
+            log.warning("model %s: adapter %s not loaded: %r", self.model_name, adapter, exc)
+            return load_failure(exc)
         load_s = time.perf_counter() - started
         async with self.adapters.using(loaded):  # a base probe still under way is batched with this one
             base, tuned = await asyncio.gather(asyncio.shield(self._base_probe()), self._probe_logprobs(loaded))
@@ -302,6 +302,28 @@ class ModelServer:
         engine = getattr(self, "engine", None)
         if engine is not None:
             engine.shutdown()
+
+
+def load_failure(exc: Exception) -> dict[str, Any]:
+    """A probe's answer for an adapter that did not load: ``{"error"}``, final, when its files or the engine
+    refused it; ``{"error", "retry": True}`` when fetching it failed on the way (the disk, the network, the object
+    store's servers), which a later call may get past: a router keeps no verdict for that one."""
+    if _fetch_failed_on_the_way(exc):
+        return {"error": f"the adapter could not be fetched ({type(exc).__name__}: {str(exc)[:200]})", "retry": True}
+    return {"error": _engine_reason(exc)}
+
+
+def _fetch_failed_on_the_way(exc: Exception) -> bool:
+    """OS and network errors, botocore's own (not a ClientError: that is S3's answer, such as a missing bucket),
+    and google-cloud's server-side and retry errors."""
+    if isinstance(exc, AdapterFileError):
+        return False
+    if isinstance(exc, (OSError, TimeoutError)):
+        return True
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if type(exc).__module__.startswith("botocore"):
+        return "ClientError" not in names
+    return type(exc).__module__.startswith("google.api_core") and bool(names & {"ServerError", "RetryError"})
 
 
 def _engine_reason(exc: Exception) -> str:

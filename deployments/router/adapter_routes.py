@@ -65,6 +65,8 @@ def add_adapter_routes(app: FastAPI, admin: AdapterAdmin) -> None:
         assert body.adapter is not None  # checked by _refusal
         model = base.models[body.model]
         probe = await admin.probe(body.model, body.adapter)
+        if probe.get("retry"):  # no replica answered, or the fetch failed on the way: nothing was decided
+            return error_response(503, f"adapter not probed: {probe['error']}; try again", "probe_failed", None)
         reason = probe.get("error") or probe_refusal(float(probe["divergence"]), model.lora.probe_min_divergence)
         if reason:
             return error_response(422, f"adapter refused: {reason}", "adapter_refused", "adapter.source")

@@ -158,6 +158,14 @@ def test_an_adapter_the_probe_refuses_is_422_and_not_stored(probe: dict[str, Any
     assert fake.store == {}
 
 
+def test_a_probe_that_decided_nothing_is_a_503_to_retry_and_nothing_is_stored() -> None:
+    fake = FakeAdmin({"error": "the adapter could not be fetched (ConnectionError: reset)", "retry": True})
+    answer = client(fake).put("/admin/adapters/tuned", json=BODY)
+    assert answer.status_code == 503 and answer.headers["Retry-After"]
+    assert answer.json()["error"]["code"] == "probe_failed" and "ConnectionError" in answer.json()["error"]["message"]
+    assert fake.store == {}
+
+
 @pytest.mark.parametrize(
     ("name", "body", "status", "words"),
     [
