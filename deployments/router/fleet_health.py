@@ -71,9 +71,11 @@ def is_serving(models: Mapping[str, Mapping[str, Any]]) -> bool:
 class ServeDetailsCache:
     """Serve's instance details, fetched off the event loop's way (an awaited actor call) and kept briefly.
 
-    The controller can be slow to answer while it handles a dying replica on a busy machine; a probe then gets the
-    last details if they are at most :data:`STALE_LIMIT_S` old (the replicas are still serving: the controller
-    is only the bookkeeper), and an error only when there are none that recent.
+    The controller can be slow to answer while it handles a dying replica on a busy machine, and readiness is read
+    on the request path (every call that may escalate): so details older than :data:`DETAILS_TTL_S` are returned
+    at once while one refresh runs in the background, as long as they are at most :data:`STALE_LIMIT_S` old (the
+    replicas are still serving: the controller is only the bookkeeper). Only a cache with no details that recent
+    waits for the controller, and gets its error.
     """
 
     def __init__(
@@ -84,17 +86,23 @@ class ServeDetailsCache:
         self._clock = clock
         self._details: Mapping[str, Any] | None = None
         self._at = -float("inf")
-        self._lock = asyncio.Lock()
+        self._refreshing: asyncio.Task[None] | None = None  # one fetch at a time, however many callers
+        self._error: Exception | None = None  # why the last fetch failed
 
     async def get(self) -> tuple[Mapping[str, Any], float]:
-        """(details, their age in seconds): refreshed when older than :data:`DETAILS_TTL_S`, one fetch for any
-        number of concurrent probes; the last ones, if recent enough, when a refresh fails."""
-        async with self._lock:
-            if self._details is None or self._clock() - self._at > DETAILS_TTL_S:
-                try:
-                    self._details = await asyncio.wait_for(self._fetch(), DETAILS_TIMEOUT_S)
-                    self._at = self._clock()
-                except Exception:
-                    if self._details is None or self._clock() - self._at > STALE_LIMIT_S:
-                        raise
-            return self._details, self._clock() - self._at
+        """(details, their age in seconds), refreshed in the background when older than :data:`DETAILS_TTL_S`."""
+        age = self._clock() - self._at
+        if age > DETAILS_TTL_S and (self._refreshing is None or self._refreshing.done()):
+            self._refreshing = asyncio.create_task(self._refresh())
+        if self._details is None or age > STALE_LIMIT_S:  # nothing recent enough to serve from: wait for it
+            await asyncio.shield(self._refreshing or asyncio.sleep(0))
+            if self._details is None or self._clock() - self._at > STALE_LIMIT_S:
+                raise self._error or TimeoutError("Serve's controller gave no details")
+        return self._details, self._clock() - self._at
+
+    async def _refresh(self) -> None:
+        try:
+            self._details = await asyncio.wait_for(self._fetch(), DETAILS_TIMEOUT_S)
+            self._at, self._error = self._clock(), None
+        except Exception as exc:  # the last details serve while they are recent enough
+            self._error = exc

@@ -73,7 +73,10 @@ def test_details_are_fetched_once_per_ttl_for_any_number_of_probes():
         first = await asyncio.gather(*(cache.get() for _ in range(20)))
         assert {d["n"] for d, _ in first} == {1}
         now[0] += 2.0
+        assert (await cache.get()) == ({"n": 1}, 2.0)  # served at once; the refresh runs in the background
+        await asyncio.sleep(0.01)
         assert (await cache.get()) == ({"n": 2}, 0.0)
+        assert len(calls) == 2
 
     asyncio.run(scenario())
 
@@ -96,6 +99,26 @@ def test_a_slow_controller_gets_recent_details_then_an_error():
             await cache.get()
 
     asyncio.run(scenario())
+
+
+def test_a_hung_controller_holds_no_caller_once_there_are_details():
+    now, hang = [0.0], [False]
+
+    async def fetch():
+        if hang[0]:
+            await asyncio.sleep(60)
+        return {"ok": True}
+
+    async def scenario() -> float:
+        cache = ServeDetailsCache(fetch, clock=lambda: now[0])
+        await cache.get()
+        hang[0], now[0] = True, 5.0
+        started = asyncio.get_running_loop().time()
+        for _ in range(10):
+            assert (await cache.get())[0] == {"ok": True}
+        return asyncio.get_running_loop().time() - started
+
+    assert asyncio.run(scenario()) < 0.5
 
 
 class HealthBackend:
