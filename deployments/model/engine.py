@@ -74,6 +74,7 @@ class GenerationTally:
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    resumed_tokens: int = 0  # of completion_tokens, those a resumed stream's prefix holds (decoded elsewhere)
     logprob_sum: float = 0.0
     logprob_count: int = 0
     finish_reason: str | None = None
@@ -151,9 +152,12 @@ class ChatEngine:
             raise PromptTooLongError(
                 f"the prompt has {len(ids)} tokens; this model's context is {self.max_model_len} tokens"
             )
-        params = self._sampling_params(call, room, incremental, already)
         # a resumed answer counts as one answer: its prefix is output already decoded, not prompt
-        tally.prompt_tokens, tally.completion_tokens = len(ids) - already, already
+        tally.prompt_tokens, tally.completion_tokens, tally.resumed_tokens = len(ids) - already, already, already
+        if call.sampling.get("max_tokens") and already >= int(call.sampling["max_tokens"]):
+            tally.finish_reason = "length"  # cut after its last token: the answer is whole, nothing to decode
+            return
+        params = self._sampling_params(call, room, incremental, already)
         stream = self.engine.generate(
             {"prompt_token_ids": ids}, params, request_id=uuid.uuid4().hex, lora_request=_lora(adapter)
         )

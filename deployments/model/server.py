@@ -162,7 +162,8 @@ class ModelServer:
                 async for text in self.engine.generate(call, tally, incremental=incremental, adapter=adapter):
                     for delta in _deltas(text, calls, tally):
                         yield delta
-                self.decode.finished(tally.completion_tokens, time.perf_counter() - in_slot)
+                decoded_here = tally.completion_tokens - tally.resumed_tokens  # a resumed prefix took no time here
+                self.decode.finished(decoded_here, time.perf_counter() - in_slot)
             if calls is not None and (rest := calls.flush()):
                 yield StreamDelta(rest)
         except PromptTooLongError as exc:
@@ -180,7 +181,7 @@ class ModelServer:
             yield self._failed("engine_dead", f"the engine of model '{self.model_name}' died")
             return
         finally:
-            self.throughput.finished(tally.prompt_tokens + tally.completion_tokens)
+            self.throughput.finished(tally.prompt_tokens + tally.completion_tokens)  # a resumed prefix: prefilled here
         yield self._result(tally, calls, started)
 
     async def _prepare(
