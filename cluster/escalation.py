@@ -146,6 +146,12 @@ def is_capacity_escalation(outcome: CallOutcome) -> bool:
     return error is not None and error.kind in CAPACITY_KINDS
 
 
+def escalates_when_unavailable(policy: EscalationPolicy, can_escalate: bool) -> bool:
+    """Whether a call under ``policy`` goes to the LLM tier when its model cannot answer: then a model with no
+    running replica is not waited for (chat calls and pipeline steps alike)."""
+    return can_escalate and "unavailable" in policy.reasons
+
+
 def _unavailable(outcome: CallOutcome) -> str | None:
     if outcome.failure is not None:
         return outcome.failure

@@ -6,6 +6,7 @@ exceptions, so the router maps them to HTTP statuses without guessing at wrapped
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -128,6 +129,10 @@ class GenerationError:
     message: str
     retry_after_s: int | None = None  # an ``overloaded`` refusal: when the queue is expected to have drained
     expected_wait_s: float | None = None  # an ``overloaded`` refusal: the wait the replica foresaw (None: unknown)
+
+
+Readiness = Callable[[str], Awaitable[GenerationError | None]]
+"""Why a model has no running replica (its error; it wakes one at zero), or None when it has one."""
 
 
 def failure(

@@ -26,7 +26,7 @@ from opentelemetry import trace
 
 from cluster.conditions import Condition, ConditionError
 from cluster.cost import CostSummary, PriceBook, llm_reference_model, sum_costs
-from cluster.escalation import CallOutcome, Verdict, decide, is_capacity_escalation
+from cluster.escalation import CallOutcome, Verdict, decide, escalates_when_unavailable, is_capacity_escalation
 from cluster.pipeline_spec import EscalationPolicy, PipelineSpec, StepSpec
 from cluster.spec import FleetSpec, OutputContract
 from cluster.spec_errors import suggest
@@ -42,14 +42,20 @@ from deployments.pipeline.result import (
     StepStatus,
 )
 from deployments.pipeline.tools import ToolRegistry, ToolResult
-from deployments.protocol import Contract, GenerationError, GenerationRequest, GenerationResult, StreamDelta
+from deployments.protocol import (
+    Contract,
+    GenerationError,
+    GenerationRequest,
+    GenerationResult,
+    Readiness,
+    StreamDelta,
+)
 
 if TYPE_CHECKING:
     from deployments.router.escalation_budget import EscalationBudget
 
 ModelCaller = Callable[[str, GenerationRequest], Awaitable[GenerationResult]]
 ModelStreamer = Callable[[str, GenerationRequest], AsyncIterator[StreamDelta | GenerationResult]]
-Readiness = Callable[[str], Awaitable[GenerationError | None]]
 Emit = Callable[[StepEvent], None]
 DEFAULT_MAX_TOKENS = 256
 log = logging.getLogger(__name__)
@@ -538,8 +544,9 @@ class PipelineRunner:
 
     async def _not_ready(self, step: _StepPlan, calls: _Calls) -> GenerationError | None:
         """Why the step's own model cannot answer now, when the step could escalate for it (None: call it)."""
-        may_escalate = step.can_escalate and not calls.escalations and "unavailable" in step.policy.reasons
-        return await self._unready(calls.model) if may_escalate and self._unready is not None else None
+        if self._unready is None or calls.escalations or not escalates_when_unavailable(step.policy, step.can_escalate):
+            return None
+        return await self._unready(calls.model)
 
     async def _guarded_call(
         self, model: str, request: GenerationRequest, timeout_s: float, on_text: Callable[[str], None] | None

@@ -15,15 +15,14 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from cluster.cost import CostSummary, PriceBook
-from cluster.escalation import CallOutcome, decide, is_capacity_escalation
+from cluster.escalation import CallOutcome, decide, escalates_when_unavailable, is_capacity_escalation
 from cluster.pipeline_spec import EscalationPolicy
 from cluster.spec import FleetSpec
 from deployments.model.chat_request import contract_from_spec
-from deployments.protocol import GenerationError, GenerationRequest, GenerationResult, StreamDelta
+from deployments.protocol import GenerationError, GenerationRequest, GenerationResult, Readiness, StreamDelta
 from deployments.router.escalation_budget import EscalationBudget
 
 ModelCall = Callable[[str, GenerationRequest], Awaitable[GenerationResult]]
-Unready = Callable[[str], Awaitable[GenerationError | None]]
 DEFAULT_MAX_TOKENS = 256
 # No policy: check the answer, never escalate, and retry a cut answer once with twice the room under the same
 # schema bound, which it cannot overrun (schemas are bounded at two characters a token; see json_budget).
@@ -78,7 +77,7 @@ class ChatCaller:
         timeout_s: float,
         on_escalation: Callable[[str, str], None] | None = None,
         *,
-        unready: Unready | None = None,
+        unready: Readiness | None = None,
         budget: EscalationBudget | None = None,
     ) -> None:
         """``on_escalation(served_name, reason)`` sees every escalation (the router counts them in its metrics);
@@ -86,15 +85,17 @@ class ChatCaller:
         capacity escalations to the LLM tier."""
         self.spec, self.call, self.prices, self.timeout_s = spec, call, prices, timeout_s
         self.on_escalation = on_escalation
-        self.check_ready = unready
+        self.readiness = unready
         self.budget = budget
 
     async def unready(self, target: ChatTarget) -> GenerationResult | None:
         """The target model's error when it has no running replica (at zero and waking, or down) and the call may
         escalate for that reason: the LLM tier answers meanwhile, instead of the caller waiting out the start.
         None otherwise (the call then waits for the model, within the request timeout)."""
-        may_escalate = target.can_escalate and "unavailable" in target.policy.reasons
-        if not may_escalate or self.check_ready is None or (error := await self.check_ready(target.model)) is None:
+        if self.readiness is None or not escalates_when_unavailable(target.policy, target.can_escalate):
+            return None
+        error = await self.readiness(target.model)
+        if error is None:
             return None
         message = f"{error.message}; answered by '{target.policy.to}' meanwhile"
         return GenerationResult(model=target.model, error=GenerationError(error.kind, message))
