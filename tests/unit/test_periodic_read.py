@@ -1,10 +1,10 @@
 """The router's registry read (no Ray): at most one a period, forced after its own writes; no request served from
 the empty copy before the first read (a new router replica answered 404 for a registered adapter so), and after it
-no request held by a slow store."""
+no request held long by a slow store."""
 
 import asyncio
 
-from deployments.router.periodic_read import PeriodicRead
+from deployments.router.periodic_read import PATIENCE_S, PeriodicRead
 
 
 class Store:
@@ -49,9 +49,7 @@ def test_one_read_a_period_and_a_forced_one_after_a_write() -> None:
         assert (store.reads, store.copy) == (2, "changed")
         now[0] += 1.0
         store.value = "changed again"
-        await refresh()  # due: it runs in the background, this request is served from the current copy
-        assert store.copy == "changed"
-        await asyncio.sleep(0.1)
+        await refresh()  # due: this request waits for it (reads take milliseconds)
         assert (store.reads, store.copy) == (3, "changed again")
 
     asyncio.run(steps())
@@ -90,7 +88,7 @@ def test_a_cancelled_first_caller_leaves_the_first_read_running_and_the_next_req
     assert store.reads == 1
 
 
-def test_once_loaded_a_slow_store_holds_no_request() -> None:
+def test_once_loaded_a_slow_store_holds_a_request_only_briefly() -> None:
     now = [100.0]
     store = Store()
     refresh = PeriodicRead(store.read, period_s=1.0, clock=lambda: now[0])
@@ -108,4 +106,4 @@ def test_once_loaded_a_slow_store_holds_no_request() -> None:
         await refresh()
         return asyncio.get_running_loop().time() - started
 
-    assert asyncio.run(slow_store()) < 0.1
+    assert asyncio.run(slow_store()) < 2 * PATIENCE_S + 0.2  # each of the two waits at most PATIENCE_S
