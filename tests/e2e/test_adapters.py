@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -159,12 +160,16 @@ def upload(folder, bucket: str, prefix: str) -> None:
 
 def test_adapters_from_s3_and_gcs_register_and_serve_through_the_fleet(fleet: Fleet, client, adapters) -> None:
     """tuned-a's files, uploaded to both object stores, registered at runtime from there: the replica downloads
-    them (probe included) and each answers exactly as tuned-a does from its local folder."""
-    upload(adapters["tuned-a"], "adapters", "tuned-a/v1")
+    them (probe included) and each answers exactly as tuned-a does from its local folder. The prefix is new each
+    run: replicas cache an adapter by source and version (the contract: new files, new version), and that cache
+    outlives a run on this machine, while tuned-a is made anew each run (a cached copy of an earlier run's tuned-a
+    answered differently in CI)."""
+    prefix = f"tuned-a/{uuid.uuid4().hex[:12]}"
+    upload(adapters["tuned-a"], "adapters", prefix)
     http = httpx.Client(base_url=fleet.url, timeout=300)
     local = ask(client, "tuned-a")
     try:
-        for name, source in (("from-s3", "s3://adapters/tuned-a/v1"), ("from-gcs", "gs://adapters/tuned-a/v1")):
+        for name, source in (("from-s3", f"s3://adapters/{prefix}"), ("from-gcs", f"gs://adapters/{prefix}")):
             registered = http.put(f"/admin/adapters/{name}", json={"model": "smol", "adapter": {"source": source}})
             assert registered.status_code == 201, registered.text
             assert ask(client, name) == local, name
