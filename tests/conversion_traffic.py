@@ -136,3 +136,29 @@ class TrafficGenerator:
         made = [getattr(self, task)() for task in tasks for _ in range(per_task)]
         self.rng.shuffle(made)
         return made
+
+
+def llm_tier_records(prompts: list[Prompt], start: int = 0) -> list[dict[str, Any]]:
+    """The usage log's records of plain calls to the LLM tier answered by the generator (ids ``r<start + i>``)."""
+    return [
+        {
+            "request_id": f"r{start + i}",
+            "model": "big",
+            "specialist": None,
+            "pipeline": None,
+            "escalated_from": None,
+            "escalation_reason": None,
+            "instructions": None,
+            "messages": p.messages,
+            "tools": None,
+            "contract": None,
+            "answer": p.answer,
+            "tool_calls": [],
+            "finish_reason": "stop",
+            "error": None,
+            "tokens_in": 50,
+            "tokens_out": 10,
+            "cost": 0.01,
+        }
+        for i, p in enumerate(prompts)
+    ]

@@ -15,10 +15,9 @@ from cluster.convert.curate import CURATED_FILE, REPORT_FILE, curate
 from cluster.convert.embed import Embedder, task_text
 from cluster.convert.pii import PiiScrubber
 from deployments.router.usage_log import UsageLog
-from tests.conversion_traffic import TrafficGenerator
+from tests.conversion_traffic import TrafficGenerator, llm_tier_records
 from tests.integration.local_ray import private_ray
 from tests.unit.test_curation import PLANTED, records
-from tests.unit.test_drift import logged
 from tests.unit.test_usage_log import FLEET, settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -35,7 +34,7 @@ def local_ray() -> Iterator[str]:
 def log_records() -> list[dict]:
     """The curation test's six records (PII of every kind, a repeat, a contract break, a failure, a tool call)
     and 24 generated calls of four tasks."""
-    return records() + logged(TrafficGenerator(seed=5).prompts(6), start=100)
+    return records() + llm_tier_records(TrafficGenerator(seed=5).prompts(6), start=100)
 
 
 def test_curation_and_embeddings_on_ray_data_equal_the_local_ones(local_ray):

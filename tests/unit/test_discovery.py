@@ -22,7 +22,7 @@ from cluster.convert.discover import (
 )
 from cluster.convert.pii import PiiScrubber
 from cluster.spec_errors import SpecError
-from tests.conversion_traffic import TASKS, TrafficGenerator
+from tests.conversion_traffic import TASKS, TrafficGenerator, llm_tier_records
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -56,28 +56,7 @@ def discovered(tmp_path_factory):
     """Generated traffic of 4 task types with PII, curated and discovered through the CLI."""
     work = tmp_path_factory.mktemp("convert")
     prompts = TrafficGenerator(seed=7).prompts(per_task=15)
-    records = [
-        {
-            "request_id": f"r{i}",
-            "model": "big",
-            "specialist": None,
-            "pipeline": None,
-            "escalated_from": None,
-            "escalation_reason": None,
-            "instructions": None,
-            "messages": p.messages,
-            "tools": None,
-            "contract": None,
-            "answer": p.answer,
-            "tool_calls": [],
-            "finish_reason": "stop",
-            "error": None,
-            "tokens_in": 50,
-            "tokens_out": 10,
-            "cost": 0.01,
-        }
-        for i, p in enumerate(prompts)
-    ]
+    records = llm_tier_records(prompts)
     examples, report = curate(records, PiiScrubber())
     write_curated(work, examples, report)
     assert main(["convert", "discover", "--work", str(work)]) == 0

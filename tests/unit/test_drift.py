@@ -14,7 +14,7 @@ from cluster.cli import main
 from cluster.convert.discover import CLUSTERS_FILE, REVIEW_FILE, DiscoverySettings
 from cluster.convert.drift import KnownTask, drift_report
 from deployments.router.usage_log import UsageLog
-from tests.conversion_traffic import TrafficGenerator
+from tests.conversion_traffic import TrafficGenerator, llm_tier_records
 from tests.unit.test_discovery import blob
 from tests.unit.test_usage_log import FLEET, settings
 
@@ -52,31 +52,6 @@ def test_calls_near_known_tasks_match_them_and_a_new_cluster_is_drift():
     assert drift_report(known, few_new, few).new_tasks == [3]
 
 
-def logged(prompts, start: int) -> list[dict]:
-    return [
-        {
-            "request_id": f"r{start + i}",
-            "model": "big",
-            "specialist": None,
-            "pipeline": None,
-            "escalated_from": None,
-            "escalation_reason": None,
-            "instructions": None,
-            "messages": p.messages,
-            "tools": None,
-            "contract": None,
-            "answer": p.answer,
-            "tool_calls": [],
-            "finish_reason": "stop",
-            "error": None,
-            "tokens_in": 50,
-            "tokens_out": 10,
-            "cost": 0.01,
-        }
-        for i, p in enumerate(prompts)
-    ]
-
-
 def test_drift_command_reports_a_new_task_and_run_starts_the_round_that_finds_it(tmp_path, capsys):
     assert main(["convert", "keygen", "--out", str(tmp_path / "k")]) == 0
     public = (tmp_path / "k" / "usage-log.pub").read_text().strip()
@@ -93,7 +68,7 @@ def test_drift_command_reports_a_new_task_and_run_starts_the_round_that_finds_it
 
     traffic = TrafficGenerator(seed=21)
     first = traffic.prompts(12, ("intent", "extract", "sentiment"))
-    write(logged(first, 0), "router-a")
+    write(llm_tier_records(first, 0), "router-a")
     assert main(["convert", "run", *common]) == 0
     kind = {f"r{i}": p.task for i, p in enumerate(first)}
     review = yaml.safe_load((work / REVIEW_FILE).read_text())
@@ -108,7 +83,7 @@ def test_drift_command_reports_a_new_task_and_run_starts_the_round_that_finds_it
     capsys.readouterr()
 
     later = traffic.prompts(6, ("intent",)) + traffic.prompts(6, ("sentiment",)) + traffic.prompts(10, ("summary",))
-    write(logged(later, 100), "router-b")
+    write(llm_tier_records(later, 100), "router-b")
     assert main(["convert", "drift", *common, "--json"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["new_calls"] == 22 and report["drift"], report  # the 36 calls of the round are not new
