@@ -10,6 +10,7 @@ import hashlib
 import json
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from cluster import render
 from cluster.adapter_files import adapter_file_issues, local_adapter_notes
@@ -67,8 +68,19 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     except PlacementError as exc:
         print(f"{args.spec}: cannot place the fleet: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    print(json.dumps(plan.to_dict(), indent=2) if args.json else render_plan(plan))
+    endpoints = _endpoint_rows(spec)
+    if args.json:
+        print(json.dumps(plan.to_dict() | ({"endpoints": endpoints} if endpoints else {}), indent=2))
+        return 0
+    print(render_plan(plan))
+    for name, where in endpoints.items():
+        print(f"{name}: served by its endpoint ({where}), no GPU here")
     return 0
+
+
+def _endpoint_rows(spec: FleetSpec) -> dict[str, str]:
+    """The models an outside API serves, with the API's host and model name (the plan places none of them)."""
+    return {n: f"{urlsplit(e.url).netloc}, model {e.model}" for n, e in spec.endpoint_models().items()}
 
 
 def _cmd_up(args: argparse.Namespace) -> int:

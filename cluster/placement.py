@@ -217,7 +217,9 @@ class _Placed:
 def plan_from_store(spec: FleetSpec) -> Plan:
     """The plan sized from each model's config.json where this machine has it (local folders, converted
     bundled models); hub ids fall back to declared sizes. What `slmfleet plan`, the renderers and the app use."""
-    configs = {name: cfg for name, m in spec.models.items() if (cfg := read_model_config(m.source)) is not None}
+    configs = {
+        name: cfg for name, m in spec.engine_models().items() if (cfg := read_model_config(m.source)) is not None
+    }
     return plan_fleet(spec, configs)
 
 
@@ -231,7 +233,7 @@ def plan_fleet(spec: FleetSpec, model_configs: Mapping[str, dict[str, Any]] | No
         return _plan_local(spec, configs)
     states = {name: _PoolState(name, pool) for name, pool in spec.pools.items()}
     placed = _Placed()
-    names = sorted(spec.models)
+    names = sorted(spec.engine_models())  # a model behind an endpoint takes no GPU
     estimates = {name: _estimate(name, spec.models[name], configs.get(name)) for name in names}
     whole = [n for n in names if _needs_whole_gpus(spec.models[n])]
     fractional = [n for n in names if n not in whole]
@@ -259,7 +261,7 @@ def _estimate(name: str, model: ModelSpec, config: dict[str, Any] | None) -> Mem
 
 def _plan_local(spec: FleetSpec, configs: Mapping[str, dict[str, Any]]) -> Plan:
     placed = _Placed()
-    for name in sorted(spec.models):
+    for name in sorted(spec.engine_models()):
         model = spec.models[name]
         try:
             memory: MemoryEstimate | None = estimate_engine_memory(name, model, configs.get(name))

@@ -94,10 +94,57 @@ class LoraSpec(StrictModel):
         return self
 
 
-class ModelSpec(StrictModel):
-    """One set of weights served by one vLLM engine per replica."""
+class EndpointSpec(StrictModel):
+    """An OpenAI-compatible API outside the fleet that serves a model: a hosted LLM, or vLLM run elsewhere.
 
-    source: str = Field(min_length=1, description="bundled:<name>, a local HF folder, or a hub repo id")
+    The router calls it over HTTP where it would call an engine: no placement, no Serve app, no GPU here.
+    """
+
+    url: str = Field(
+        pattern=r"^https?://[^\s/]+",
+        description="the API's base URL, up to and including /v1 (…/chat/completions is appended)",
+    )
+    model: str = Field(min_length=1, description="the model name the API knows")
+    api_key_env: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="environment variable (in the router's processes) holding the API key, sent as a bearer token",
+    )
+    structured_outputs: Literal["openai", "vllm"] = Field(
+        "openai",
+        description="how contracts are sent: 'openai' as response_format (JSON schemas only; choice and regex "
+        "contracts are checked on the answer), 'vllm' as vLLM's structured_outputs (all three, and vLLM's sampling "
+        "extras such as top_k)",
+    )
+    timeout_s: float = Field(120.0, gt=0, description="a call's limit (a stream's: between two chunks)")
+    max_concurrent_requests: int = Field(
+        64, ge=1, description="calls in flight per router replica; beyond it a call is refused at once (503)"
+    )
+
+
+ENGINE_ONLY_FIELDS = (
+    "max_model_len",
+    "concurrent_seqs",
+    "dtype",
+    "params_b",
+    "memory_gib",
+    "tensor_parallel",
+    "pool",
+    "max_queued_requests",
+    "latency_objective_s",
+    "autoscaling",
+    "engine",
+    "lora",
+)
+
+
+class ModelSpec(StrictModel):
+    """One set of weights served by one vLLM engine per replica, or by an outside API (``endpoint``)."""
+
+    source: str | None = Field(
+        None, min_length=1, description="bundled:<name>, a local HF folder, or a hub repo id (or set endpoint)"
+    )
+    endpoint: EndpointSpec | None = Field(None, description="served by this OpenAI-compatible API instead of an engine")
     tier: Literal["slm", "llm"] = "slm"
     max_model_len: int = Field(2048, gt=0)
     concurrent_seqs: int = Field(8, gt=0, description="sequences decoded together per replica (max_num_seqs)")
@@ -429,6 +476,14 @@ class FleetSpec(StrictModel):
         """Every name a request's ``model`` field may carry."""
         return [*self.models, *self.specialists]
 
+    def engine_models(self) -> dict[str, ModelSpec]:
+        """The models this fleet runs engines for (placed, rendered as Serve apps); not those behind an endpoint."""
+        return {name: model for name, model in self.models.items() if model.endpoint is None}
+
+    def endpoint_models(self) -> dict[str, EndpointSpec]:
+        """The models served by an outside OpenAI-compatible API, by name."""
+        return {name: model.endpoint for name, model in self.models.items() if model.endpoint is not None}
+
 
 def check_references(spec: FleetSpec) -> list[SpecIssue]:
     """Cross-field checks pydantic cannot express: names that must point at something that exists."""
@@ -443,12 +498,32 @@ def check_references(spec: FleetSpec) -> list[SpecIssue]:
         issues.extend(escalation_issues(spec, f"specialists.{name}.escalation", specialist.escalation, _unknown_ref))
         issues.extend(_adapter_model_issues(spec, name, specialist))
     for name, model in spec.models.items():
+        issues.extend(_serving_issues(name, model))
         if model.pool is not None and model.pool not in spec.pools:
             issues.append(_unknown_ref(f"models.{name}.pool", model.pool, "pool", list(spec.pools)))
         issues.extend(escalation_issues(spec, f"models.{name}.escalation", model.escalation, _unknown_ref))
     issues.extend(pipeline_issues(spec, _unknown_ref))
     issues.extend(_usage_log_issues(spec))
     return issues
+
+
+def _serving_issues(name: str, model: ModelSpec) -> list[SpecIssue]:
+    """A model is served by an engine from ``source`` or by an outside API at ``endpoint``: exactly one, and an
+    endpoint model has no engine settings."""
+    if model.source is None and model.endpoint is None:
+        fix = "add 'source' (e.g. bundled:smollm2-135m-instruct), or 'endpoint: {url, model}' for an outside API"
+        return [SpecIssue(f"models.{name}.source", None, "a model needs weights or an API to serve it", fix)]
+    if model.source is not None and model.endpoint is not None:
+        problem = "a model is served by an engine from 'source' or by its 'endpoint', not both"
+        return [SpecIssue(f"models.{name}.endpoint", model.endpoint.url, problem, "remove 'source' or 'endpoint'")]
+    if model.endpoint is None:
+        return []
+    problem = "an engine setting, but this model is served by its endpoint"
+    return [
+        SpecIssue(f"models.{name}.{field}", getattr(model, field), problem, f"remove '{field}'")
+        for field in ENGINE_ONLY_FIELDS
+        if field in model.model_fields_set
+    ]
 
 
 def _usage_log_issues(spec: FleetSpec) -> list[SpecIssue]:

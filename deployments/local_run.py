@@ -66,7 +66,7 @@ def run_local(
     if issues:
         raise SpecError("(server settings)", issues)
     _check_tools_import(spec)
-    for model in spec.models.values():  # convert bundled weights once here, not in racing replicas
+    for model in spec.engine_models().values():  # convert bundled weights once here, not in racing replicas
         resolve_source(model.source)
 
     if address:

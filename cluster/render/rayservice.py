@@ -46,6 +46,7 @@ API_KEYS_SECRET = "slmfleet-api-keys"
 API_KEYS_SECRET_KEY = "api-keys"
 HF_TOKEN_SECRET = "slmfleet-hf-token"  # optional: gated hub models (Llama) need a Hugging Face token
 HF_TOKEN_SECRET_KEY = "token"
+ENDPOINT_KEYS_SECRET = "slmfleet-endpoint-keys"  # outside APIs' keys, one Secret key per api_key_env variable
 NVIDIA_GPU = "nvidia.com/gpu"
 HEAD_CPUS = 4
 HEAD_MEMORY = "16Gi"
@@ -74,13 +75,16 @@ def check_exposable(spec: FleetSpec) -> None:
 
 
 def container_env(spec: FleetSpec) -> list[dict[str, Any]]:
-    """Environment of every Ray container: Serve's settings, the API keys from the Secret, the optional HF token."""
+    """Environment of every Ray container: Serve's settings, the API keys from the Secret, the optional HF token,
+    and the keys of outside APIs (``models.<name>.endpoint.api_key_env``) from their Secret, one key per variable."""
     env: list[dict[str, Any]] = [{"name": name, "value": value} for name, value in SERVE_ENV.items()]
     # the router replica that creates the state actor passes it this path; the actor lives on the head, which mounts it
     env.append({"name": STATE_PATH_ENV, "value": STATE_FILE})
     if spec.server.api_keys_env:
         env.append(_secret_env(spec.server.api_keys_env, API_KEYS_SECRET, API_KEYS_SECRET_KEY, optional=False))
     env.append(_secret_env("HF_TOKEN", HF_TOKEN_SECRET, HF_TOKEN_SECRET_KEY, optional=True))
+    for variable in sorted({e.api_key_env for e in spec.endpoint_models().values() if e.api_key_env}):
+        env.append(_secret_env(variable, ENDPOINT_KEYS_SECRET, variable, optional=False))  # an outside API's key
     return env
 
 
@@ -221,12 +225,21 @@ def kustomization() -> dict[str, Any]:
     }
 
 
+def _endpoint_secret_note(spec: FleetSpec) -> str:
+    variables = sorted({e.api_key_env for e in spec.endpoint_models().values() if e.api_key_env})
+    if not variables:
+        return ""
+    literals = " ".join(f"--from-literal={v}=<key>" for v in variables)
+    return f"and the outside APIs' keys:\n  kubectl create secret generic {ENDPOINT_KEYS_SECRET} {literals}\n"
+
+
 def k8s_files(spec: FleetSpec, plan: Plan, source: str, command: str) -> dict[str, str]:
     """File name -> text of every file in ``k8s/``, each under a generated-file header."""
     check_exposable(spec)
     secret_note = (
         f"Before applying, create the API-key Secret (never commit keys):\n"
         f"  kubectl create secret generic {API_KEYS_SECRET} --from-literal={API_KEYS_SECRET_KEY}=<key1>,<key2>\n"
+        f"{_endpoint_secret_note(spec)}"
         f"Image: {IMAGE}:{IMAGE_TAG} is a placeholder; set yours in a kustomize overlay (docs/deploy.md).\n"
         "Deploy: kubectl apply -k k8s/   (or your overlay)"
     )

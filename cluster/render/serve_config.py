@@ -133,7 +133,7 @@ def build_serve_config(spec: FleetSpec, plan: Plan) -> dict[str, Any]:
         "proxy_location": "EveryNode",
         "http_options": {"host": spec.server.host, "port": spec.server.port},
         "applications": [
-            *(model_application(plan, spec, name) for name in spec.models),
+            *(model_application(plan, spec, name) for name in spec.engine_models()),  # endpoints: no app
             router_application(plan, spec),
         ],
     }
