@@ -10,6 +10,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -18,7 +19,7 @@ from opentelemetry import trace
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cluster.cost import PriceBook, llm_reference_model
-from cluster.spec import FleetSpec, SpecialistSpec
+from cluster.spec import FleetSpec, ModelSpec, SpecialistSpec
 from deployments.pipeline.idempotency import IdempotentRuns
 from deployments.pipeline.routes import PIPELINE_PREFIX, add_pipeline_routes
 from deployments.pipeline.runner import PipelineRunner
@@ -156,16 +157,21 @@ def _as_dict_call(
 
 def model_cards(spec: FleetSpec) -> list[dict[str, Any]]:
     """Models and specialists, each with what kind of thing it is."""
-    cards = [
-        _card(name, {"kind": "model", "tier": model.tier, "source": model.source})
-        for name, model in spec.models.items()
-    ]
+    cards = [_card(name, _model_details(model)) for name, model in spec.models.items()]
     cards += [_card(name, _specialist_details(s)) for name, s in spec.specialists.items()]
     cards += [
         _card(f"{PIPELINE_PREFIX}{name}", {"kind": "pipeline", "description": p.description})
         for name, p in spec.pipelines.items()
     ]
     return cards
+
+
+def _model_details(model: ModelSpec) -> dict[str, Any]:
+    """Where a model comes from: its weights' source, or the outside API's host and model name."""
+    if model.endpoint is None:
+        return {"kind": "model", "tier": model.tier, "source": model.source}
+    endpoint = {"host": urlsplit(model.endpoint.url).netloc, "model": model.endpoint.model}
+    return {"kind": "model", "tier": model.tier, "endpoint": endpoint}
 
 
 def _specialist_details(specialist: SpecialistSpec) -> dict[str, Any]:

@@ -6,7 +6,8 @@ replicas and their states, so the router asks it, at most once per :data:`DETAIL
 
 States: ``ready`` (a replica is RUNNING), ``scaled_to_zero`` (no replica, none wanted: idle by design),
 ``waking`` (a scale-to-zero model starting its first replica again), ``down`` (a model that should have replicas
-has none running, its app is missing, or Serve failed to deploy it). Only ``down`` makes ``/healthz`` a 503: a
+has none running, its app is missing, or Serve failed to deploy it); ``external`` (served by an outside API,
+which is not probed). Only ``down`` makes ``/healthz`` a 503: a
 router whose models are idle or waking is healthy. :func:`model_health` is pure, tested on plain dicts.
 """
 
@@ -16,10 +17,12 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from cluster.render.common import model_deployment_name
+from cluster.spec import EndpointSpec
 
-ModelState = Literal["ready", "scaled_to_zero", "waking", "down"]
+ModelState = Literal["ready", "scaled_to_zero", "waking", "down", "external"]
 DETAILS_TTL_S = 1.0
 DETAILS_TIMEOUT_S = 5.0
 STALE_LIMIT_S = 30.0
@@ -56,6 +59,11 @@ def _min_replicas(deployment: Mapping[str, Any]) -> int:
     """The deployment's autoscaling floor; a fixed-size deployment never means to be at zero."""
     scaling = (deployment.get("deployment_config") or {}).get("autoscaling_config") or {}
     return int(scaling.get("min_replicas", 1))
+
+
+def external_health(endpoint: EndpointSpec) -> dict[str, Any]:
+    """A model served by an outside API: not probed (its calls' failures escalate and are counted in metrics)."""
+    return {"state": "external", "endpoint": urlsplit(endpoint.url).netloc}
 
 
 def fleet_health(details: Mapping[str, Any], models: list[str]) -> dict[str, dict[str, Any]]:

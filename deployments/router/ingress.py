@@ -25,7 +25,7 @@ from ray.serve.handle import DeploymentHandle
 from cluster.admission import DEFAULT_QUEUE_OBJECTIVE_S, model_objective_s, queue_budget, tighter
 from cluster.cost import PriceBook, llm_reference_model
 from cluster.render.common import STATE_PATH_ENV, model_deployment_name
-from cluster.spec import AdapterSpec, FleetSpec, SpecialistSpec, UsageLogSpec, parse_spec
+from cluster.spec import AdapterSpec, EndpointSpec, FleetSpec, SpecialistSpec, UsageLogSpec, parse_spec
 from deployments.fleet_state import FleetState
 from deployments.model.adapters import adapter_key
 from deployments.observability.metrics import FleetMetrics
@@ -39,8 +39,9 @@ from deployments.router.adapter_registry import REFRESH_S, REGISTRY_NAMESPACE, w
 from deployments.router.adapter_routes import PROBE_TIMEOUT_S, AdapterAdmin
 from deployments.router.api import build_api
 from deployments.router.auth_gate import CALLER_PRIORITY, AuthGate, gate_for
+from deployments.router.endpoint_backend import EndpointCaller
 from deployments.router.escalation_budget import EscalationBudget, budget_from_spec
-from deployments.router.fleet_health import ServeDetailsCache, fleet_health, model_health
+from deployments.router.fleet_health import ServeDetailsCache, external_health, fleet_health, model_health
 from deployments.router.periodic_read import PeriodicRead
 from deployments.router.promotion_routes import PromotionAdmin
 from deployments.router.promotions import PROMOTIONS_NAMESPACE, PromotionRouting, TaskMatcher, promotions_from
@@ -69,10 +70,16 @@ class ServeBackend:
         metrics: FleetMetrics | None = None,
         scale_to_zero: frozenset[str] = frozenset(),
         objectives: dict[str, float] | None = None,
+        *,
+        endpoints: dict[str, EndpointSpec] | None = None,
+        endpoint_caller: EndpointCaller | None = None,
     ) -> None:
         """``scale_to_zero``: the models whose ``min_replicas`` is 0 (only they are looked up for a cold start);
-        ``objectives``: each model's queue-wait objective, which a recent refusal is judged against."""
+        ``objectives``: each model's queue-wait objective, which a recent refusal is judged against; ``endpoints``:
+        the models served by an outside API, called through ``endpoint_caller`` instead of a handle."""
         self.handles = handles
+        self.endpoints = endpoints or {}
+        self.endpoint_caller = endpoint_caller or EndpointCaller()
         self.specialists = specialists or {}
         self.metrics = metrics  # its price book also takes in each replica's measured throughput
         self.serve_details = ServeDetailsCache(self._serve_instance_details)
@@ -116,7 +123,7 @@ class ServeBackend:
         refused = await self._not_served(model, request)
         if refused is not None:
             return refused
-        result = await self._with_retry(model, lambda: self._handle(model, request).generate.remote(request))
+        result = await self._with_retry(model, lambda: self._call(model, request))
         self.refusals.observe(model, result)
         self._count(model, request, result)
         return result
@@ -127,11 +134,17 @@ class ServeBackend:
         if refused is not None:
             yield refused
             return
-        async for item in self._stream(model, request):
+        items = self._endpoint_stream(model, request) if model in self.endpoints else self._stream(model, request)
+        async for item in items:
             if isinstance(item, GenerationResult):
                 self.refusals.observe(model, item)
                 self._count(model, request, item)
             yield item
+
+    def _call(self, model: str, request: GenerationRequest) -> Awaitable[GenerationResult]:
+        if model in self.endpoints:
+            return self.endpoint_caller.complete(model, self.endpoints[model], request)
+        return self._handle(model, request).generate.remote(request)
 
     def _handle(self, model: str, request: GenerationRequest) -> DeploymentHandle:
         """The model's handle; for an adapter specialist, routed by adapter (the model's request router sends it
@@ -185,17 +198,37 @@ class ServeBackend:
                 log.warning("model %s failed before its stream's first item; retrying once", model)
             await asyncio.sleep(RETRY_DELAY_S)
 
+    async def _endpoint_stream(
+        self, model: str, request: GenerationRequest
+    ) -> AsyncIterator[StreamDelta | GenerationResult]:
+        """An outside API's stream under :func:`retry_once`, before its first text only (another API call would
+        not continue the cut answer)."""
+        for attempt in range(2):
+            sent = False
+            async for item in self.endpoint_caller.stream(model, self.endpoints[model], request):
+                if isinstance(item, GenerationResult) and not sent and retry_once(attempt, item):
+                    break
+                sent = sent or isinstance(item, StreamDelta)
+                yield item
+            else:
+                return
+            log.warning("model %s: its endpoint failed before the stream's first item; retrying once", model)
+            await asyncio.sleep(RETRY_DELAY_S)
+
     async def health(self) -> dict[str, dict[str, Any]]:
         """Each model's state from Serve's controller (:mod:`deployments.router.fleet_health`): no model is
-        called, so a probe never wakes one that scaled to zero."""
+        called, so a probe never wakes one that scaled to zero. A model behind an endpoint is ``external``."""
         details, _ = await self.serve_details.get()
-        return fleet_health(details, list(self.handles))
+        external = {model: external_health(endpoint) for model, endpoint in self.endpoints.items()}
+        return {**fleet_health(details, list(self.handles)), **external}
 
     async def unready(self, model: str) -> GenerationError | None:
         """Why ``model`` has no running replica, or None when it has one (or the controller did not say): at zero
         replicas (or waking from it) a wake-up call is sent (a request at a handle is demand, so Serve starts a
         replica); down (its replica died, or is being replaced) Serve is already replacing it. Either way a caller
-        that may escalate does so at once instead of waiting out the start."""
+        that may escalate does so at once instead of waiting out the start. An outside API is taken as ready."""
+        if model in self.endpoints:
+            return None
         try:
             details, _ = await self.serve_details.get()
             report = model_health(details, model)
@@ -299,7 +332,7 @@ def model_handles(spec: FleetSpec) -> dict[str, DeploymentHandle]:
     """
     return {
         name: serve.get_deployment_handle(model_deployment_name(name), model_deployment_name(name), _check_exists=False)
-        for name in spec.models
+        for name in spec.engine_models()
     }
 
 
@@ -353,12 +386,13 @@ def router_state(
     promoted: dict[str, Any] | None = None,
     matcher: TaskMatcher | None = None,
     spec_probes: SpecAdapterProbes | None = None,
+    endpoint_caller: EndpointCaller | None = None,
 ) -> RouterState:
     """The router's state from its ``user_config`` (``{spec, replica_per_hour}``) and the adapter registry's
     entries; a bad spec raises SpecError. ``shared`` is the fleet's shared store, where the LLM tier's budget is
     counted. ``usage_log_for(settings)`` gives the replica's usage-log writer for the spec's settings; ``promoted`` are
     the promotions' entries, matched with the replica's ``matcher``; ``spec_probes`` keeps the replica's verdicts on
-    the spec's adapters."""
+    the spec's adapters; ``endpoint_caller`` is the replica's client of outside APIs (kept across rebuilds)."""
     base_spec = parse_spec(config.get("spec"), "<router user_config: spec>")
     spec, set_aside = with_registered(base_spec, registered or {})
     for name, reason in set_aside.items():
@@ -368,7 +402,15 @@ def router_state(
     metrics.prices, metrics.llm_model = prices, llm_reference_model(spec)
     at_zero = frozenset(name for name, model in spec.models.items() if model.autoscaling.min_replicas == 0)
     objectives = {name: model_objective_s(m.latency_objective_s) for name, m in spec.models.items()}
-    backend = ServeBackend(model_handles(spec), dict(spec.specialists), metrics, at_zero, objectives)
+    backend = ServeBackend(
+        model_handles(spec),
+        dict(spec.specialists),
+        metrics,
+        at_zero,
+        objectives,
+        endpoints=spec.endpoint_models(),
+        endpoint_caller=endpoint_caller,
+    )
     if spec_probes is not None:
         backend.adapter_check = functools.partial(spec_probes.refusal, base_spec, backend.probe_adapter)
     usage_log = usage_log_for(spec.usage_log) if usage_log_for is not None else None
@@ -419,6 +461,7 @@ class Router:
         self.promoted: dict[str, Any] = {}
         self.matcher = TaskMatcher()  # the replica's embedding model, loaded when the first promotion appears
         self.spec_probes = SpecAdapterProbes()  # this replica's verdicts on the spec's adapters
+        self.endpoint_caller = EndpointCaller()  # one pooled HTTP client to outside APIs for the replica's life
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Called by Serve at start and whenever the deployment's user_config changes."""
@@ -436,6 +479,7 @@ class Router:
             promoted=promoted,
             matcher=self.matcher,
             spec_probes=self.spec_probes,
+            endpoint_caller=self.endpoint_caller,
         )
         self.swappable.current = build_api(
             state.spec,
