@@ -81,6 +81,14 @@ def _stage_options(name: str, command: argparse.ArgumentParser) -> None:
         command.add_argument("--steps", type=int, default=None, help="training steps (default: by device)")
     if name in ("gate", "run"):
         command.add_argument("--adapter-store", default=None, help="s3:// or gs:// prefix the replicas fetch from")
+    if name in ("choose", "run"):
+        command.add_argument(
+            "--task",
+            action="append",
+            default=None,
+            metavar="NAME",
+            help="take only this accepted task through choose, train, gate and promote (repeatable; default: all)",
+        )
     if name == "promote":
         command.add_argument(
             "--phase", choices=["shadow", "live"], default="shadow", help="live: skip the shadow phase (trust the gate)"

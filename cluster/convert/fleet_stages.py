@@ -35,11 +35,28 @@ def _answerer(args: argparse.Namespace) -> Any:
     return answerer
 
 
+def _tasks_to_take(args: argparse.Namespace, work: Path) -> list[dict[str, Any]] | None:
+    """The accepted tasks, or those ``--task`` names; None (after saying why) when a name is not an accepted task."""
+    tasks = accepted_tasks(work)
+    wanted = getattr(args, "task", None)
+    if not wanted:
+        return tasks
+    unknown = sorted(set(wanted) - {t["name"] for t in tasks})
+    if unknown:
+        names = ", ".join(t["name"] for t in tasks) or "(none)"
+        print(f"error: --task {', '.join(unknown)}: not an accepted task; accepted: {names}", file=sys.stderr)
+        return None
+    return [t for t in tasks if t["name"] in wanted]
+
+
 def cmd_choose(args: argparse.Namespace) -> int:
     spec, work = load_spec(args.spec), work_folder(args)
     report = json.loads((work / REPORT_FILE).read_text())
+    tasks = _tasks_to_take(args, work)
+    if tasks is None:
+        return EXIT_USAGE
     decisions = choose_for_tasks(
-        spec, accepted_tasks(work), list(read_curated(work)), _answerer(args), llm_validity=llm_validity(report)
+        spec, tasks, list(read_curated(work)), _answerer(args), llm_validity=llm_validity(report)
     )
     write_choices(work, decisions)
     for d in decisions:

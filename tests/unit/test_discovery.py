@@ -96,3 +96,17 @@ def test_the_review_file_renames_and_rejects_and_bad_edits_name_their_path(disco
     with pytest.raises(SpecError) as caught:
         accepted_tasks(edited)
     assert "tasks.2.decision" in str(caught.value) and "'maybe'" in str(caught.value)
+
+
+def test_task_takes_only_the_named_accepted_tasks_and_an_unknown_name_is_a_usage_error(discovered, capsys):
+    from argparse import Namespace
+
+    from cluster.convert.fleet_stages import _tasks_to_take
+
+    work, _ = discovered
+    names = [t["name"] for t in accepted_tasks(work)]
+    assert [t["name"] for t in _tasks_to_take(Namespace(task=None), work)] == names
+    assert [t["name"] for t in _tasks_to_take(Namespace(task=[names[1]]), work)] == [names[1]]
+    command = ["convert", "choose", "--spec", "fleet.yaml", "--work", str(work), "--url", "http://127.0.0.1:9"]
+    assert main([*command, "--task", "no-such-task"]) == 2  # refused before any call to the fleet
+    assert "no-such-task: not an accepted task" in capsys.readouterr().err
