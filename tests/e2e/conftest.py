@@ -17,6 +17,7 @@ from cluster.convert.sealed_log import generate_key_pair
 from tests.adapters import make_adapter
 from tests.e2e.tool_gate import ToolGate
 from tests.fleet_process import ROOT, Fleet, start_fleet, stop
+from tests.good_llm import MODEL_NAME, GoodLLM
 from tests.object_stores import gcs_server, s3_server
 
 RANDOM_ADAPTERS = ("tuned-a", "tuned-b", "late", "survivor")
@@ -31,7 +32,7 @@ def usage_log_keys() -> tuple[Path, str, Path]:
     return private, public, folder / "log"
 
 
-def e2e_spec(path: Path, gate_url: str, adapters: dict[str, Path]) -> Path:
+def e2e_spec(path: Path, gate_url: str, adapters: dict[str, Path], good_llm_url: str) -> Path:
     """The default fleet plus test pipelines: the demo forced to escalate, the demo with a short step timeout,
     a lookup of a given order, and a parallel fan-out (two specialists at once, then a reply reading both); a
     specialist whose every chat call escalates; a scale-to-zero model, ``cold`` (SmolLM2 again, starting at
@@ -41,7 +42,8 @@ def e2e_spec(path: Path, gate_url: str, adapters: dict[str, Path]) -> Path:
     has LoRA slots, and ``tuned-a``/``tuned-b`` are adapter specialists on it (``adapters`` made by peft), as is
     ``untrained-spec``, whose adapter changes nothing (its probe must refuse it). The usage
     log records ``intent-unsure``'s and ``triage-always-escalate``'s calls that reach the LLM tier; promotions move
-    fast (``conversion``), and ``big-twin`` (smol with no instructions) agrees with big."""
+    fast (``conversion``). ``oracle`` is an LLM-tier model served by an outside API (``endpoint``): the good LLM of
+    ``tests/good_llm.py``, whose calls are logged."""
     spec = yaml.safe_load((ROOT / "fleet.yaml").read_text())
     # 4 slots: at max_loras 2, two adapters and the base batched together changed answers (vLLM 0.32 CPU, measured)
     spec["models"]["smol"]["lora"] = {"max_loras": 4, "max_lora_rank": 8, "max_cpu_loras": 4}
@@ -78,13 +80,8 @@ def e2e_spec(path: Path, gate_url: str, adapters: dict[str, Path]) -> Path:
     _, public_key, destination = usage_log_keys()
     spec["usage_log"] = {"public_key": public_key, "destination": str(destination)}
     # promotions go live after 3 agreeing shadow samples; every live call is compared too, and 4 samples are enough
-    # to roll one back. ``big-twin`` is smol with no instructions: big's own weights, so it agrees with big
+    # to roll one back
     spec["conversion"] = {"promote_after": 3, "shadow_rate": 1.0, "min_samples_for_rollback": 4}
-    spec["specialists"]["big-twin"] = {
-        "model": "smol",
-        "description": "smol as it is: the same weights as big, so the same answers",
-        "sampling": {"temperature": 0.0, "max_tokens": 8},
-    }
     cold = copy.deepcopy(spec["models"]["smol"])
     cold["autoscaling"] = {"min_replicas": 0, "max_replicas": 1, "idle_delay_s": 10, "downscale_delay_s": 0}
     spec["models"]["cold"] = cold
@@ -108,6 +105,12 @@ def e2e_spec(path: Path, gate_url: str, adapters: dict[str, Path]) -> Path:
     spec["pipelines"]["lookup-order"] = {
         "steps": {"lookup": {"tool": "order-status", "args": {"order_id": "{{ input.order_id }}"}}},
     }
+    spec["models"]["oracle"] = {
+        "endpoint": {"url": good_llm_url, "model": MODEL_NAME},
+        "tier": "llm",
+        "price_per_1k_tokens": spec["models"]["big"]["price_per_1k_tokens"],
+        "log_usage": True,
+    }
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
 
@@ -115,6 +118,15 @@ def e2e_spec(path: Path, gate_url: str, adapters: dict[str, Path]) -> Path:
 @pytest.fixture(scope="package")
 def gate() -> Iterator[ToolGate]:
     server = ToolGate()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="package")
+def good_llm() -> Iterator[GoodLLM]:
+    server = GoodLLM()
     try:
         yield server
     finally:
@@ -143,10 +155,10 @@ def object_stores() -> Iterator[dict[str, str]]:
 
 @pytest.fixture(scope="package")
 def fleet(
-    tmp_path_factory, gate: ToolGate, adapters: dict[str, Path], object_stores: dict[str, str]
+    tmp_path_factory, gate: ToolGate, adapters: dict[str, Path], object_stores: dict[str, str], good_llm: GoodLLM
 ) -> Iterator[Fleet]:
     work = tmp_path_factory.mktemp("fleet")
-    running = start_fleet(work, e2e_spec(work / "fleet.yaml", gate.url, adapters))
+    running = start_fleet(work, e2e_spec(work / "fleet.yaml", gate.url, adapters, good_llm.url))
     try:
         yield running
     finally:

@@ -198,16 +198,15 @@ def router_pids_of(fleet: Fleet, specialist: str) -> set[int]:
 
 
 def test_a_runtime_adapter_reaches_a_second_router_replica_through_the_shared_registry(
-    fleet: Fleet, gate, adapters, tmp_path
+    fleet: Fleet, adapters, tmp_path
 ) -> None:
     """The router scaled to two replicas by a live spec edit; an adapter registered through one of them (whichever
     Serve's proxy picked) is served by both within the registry's refresh, with one answer, never registered twice.
     Every call must be a 200: a new replica once answered 404 while its first read of the registry was under way."""
-    from tests.e2e.conftest import e2e_spec
     from tests.e2e.test_live_spec_edits import cli, replica_ids, write_spec
 
     address = fleet.ray_address()
-    base = yaml.safe_load(e2e_spec(tmp_path / "base.yaml", gate.url, adapters).read_text())
+    base = yaml.safe_load(fleet.spec.read_text())
     two = copy.deepcopy(base)
     two["server"]["router"] = {"min_replicas": 2, "max_replicas": 2}
     http = httpx.Client(base_url=fleet.url, timeout=300)

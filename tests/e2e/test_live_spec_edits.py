@@ -15,7 +15,6 @@ import pytest
 import yaml
 
 from deployments.local_run import LOOPBACK_ONLY_ENV
-from tests.e2e.conftest import e2e_spec
 from tests.fleet_process import driver_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
@@ -71,10 +70,10 @@ def replica_ids(address):
     return json.loads(run([sys.executable, "-c", REPLICA_IDS, address]).strip().splitlines()[-1])
 
 
-def edited_spec(path, gate_url, adapters):
+def edited_spec(path, fleet_spec, adapters):
     """The fleet's own spec plus a new specialist, a new adapter specialist (hot-loaded through the spec), a new
     price and a larger queue bound on smol."""
-    data = yaml.safe_load(e2e_spec(path, gate_url, adapters).read_text())
+    data = yaml.safe_load(fleet_spec.read_text())
     data["specialists"]["yes-no"] = {
         "model": "smol",
         "instructions": "Answer the question with yes or no.",
@@ -88,14 +87,14 @@ def edited_spec(path, gate_url, adapters):
     return path
 
 
-def test_a_specialist_price_and_queue_bound_apply_live_with_no_replica_restart(fleet, gate, adapters, tmp_path):
+def test_a_specialist_price_and_queue_bound_apply_live_with_no_replica_restart(fleet, adapters, tmp_path):
     in_flight = {}
 
     def long_call():
         body = {"model": "smol", "messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 96}
         in_flight["response"] = httpx.post(f"{fleet.url}/v1/chat/completions", json=body, timeout=300)
 
-    address, spec = fleet.ray_address(), str(edited_spec(tmp_path / "edited.yaml", gate.url, adapters))
+    address, spec = fleet.ray_address(), str(edited_spec(tmp_path / "edited.yaml", fleet.spec, adapters))
     before = replica_ids(address)
     diff = cli("diff", spec, "--address", address)
     assert "0 app(s) restart replicas" in diff and "! restart" not in diff, diff  # every change is live
@@ -182,13 +181,13 @@ def write_spec(path, data):
     return path
 
 
-def test_each_kind_of_change_restarts_exactly_where_diff_says_and_loses_no_request(fleet, gate, adapters, tmp_path):
+def test_each_kind_of_change_restarts_exactly_where_diff_says_and_loses_no_request(fleet, adapters, tmp_path):
     """One apply with an engine change (smol restarts), bound and objective edits (live), a router edit (live) and
     a new model (added at zero replicas); then one that removes it. Traffic runs throughout: to big, and to a smol
     specialist that may escalate. smol has one replica, which Serve stops before it starts the new one: while smol
     has none, the specialist's calls are answered by big (labelled), not held for the restart."""
     address = fleet.ray_address()
-    edited = every_kind_of_change(yaml.safe_load(e2e_spec(tmp_path / "base.yaml", gate.url, adapters).read_text()))
+    edited = every_kind_of_change(yaml.safe_load(fleet.spec.read_text()))
     with_spare = write_spec(tmp_path / "with-spare.yaml", edited)
 
     registered = runtime_state(address, "put")
