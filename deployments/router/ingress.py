@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -204,13 +205,16 @@ class ServeBackend:
         """An outside API's stream under :func:`retry_once`, before its first text only (another API call would
         not continue the cut answer)."""
         for attempt in range(2):
-            sent = False
-            async for item in self.endpoint_caller.stream(model, self.endpoints[model], request):
-                if isinstance(item, GenerationResult) and not sent and retry_once(attempt, item):
-                    break
-                sent = sent or isinstance(item, StreamDelta)
-                yield item
-            else:
+            sent = retry = False
+            # closed at once when the consumer leaves, so the API call ends and its place is freed
+            async with aclosing(self.endpoint_caller.stream(model, self.endpoints[model], request)) as items:
+                async for item in items:
+                    if isinstance(item, GenerationResult) and not sent and retry_once(attempt, item):
+                        retry = True
+                        break
+                    sent = sent or isinstance(item, StreamDelta)
+                    yield item
+            if not retry:
                 return
             log.warning("model %s: its endpoint failed before the stream's first item; retrying once", model)
             await asyncio.sleep(RETRY_DELAY_S)
