@@ -4,12 +4,11 @@ and cost per call of each task before (LLM tier) and after promotion (its specia
 
 Run by hand: ``.venv/bin/python -m benchmarks.conversion [--per-task 40] [--train 1] [--steps 40]``.
 
-The fleet is smol (with LoRA slots) and big (the LLM tier), with a usage log. The LLM's calls are played by the
-traffic generator (``tests/conversion_traffic.py``), which knows each prompt's right answer: its records are built
-and written by the router's own code (``usage_record``, ``UsageLog``) into the sealed log, because this fleet's LLM
-tier is the bundled 135M model and would not answer well (extraction calls carry their JSON schema). ``--train``
-tasks are trained (the rest only scored) on this machine's CPU; promotions are put live directly (going live
-through shadow needs an LLM that agrees with a good specialist; see tests/unit/test_promotions.py).
+The fleet is smol (with LoRA slots) and ``oracle``, its LLM tier: a model served by an outside OpenAI-compatible
+API (``endpoint``), here the good LLM of ``tests/good_llm.py``, which answers each generated prompt rightly
+(``tests/conversion_traffic.py``). The traffic goes through the router as a user's would (extraction calls with
+their JSON schema) and is sealed into the usage log by it. ``--train`` tasks are trained (the rest only scored) on
+this machine's CPU; each kept adapter is promoted in shadow and goes live once its samples agree with the LLM.
 """
 
 from __future__ import annotations
@@ -26,43 +25,51 @@ import yaml
 
 from benchmarks.common import ROOT, running_fleet
 from cluster.cli import main as slmfleet
-from cluster.convert.sealed_log import generate_key_pair
-from cluster.cost import PriceBook
-from cluster.spec import load_spec
-from deployments.protocol import Contract, GenerationRequest, GenerationResult
-from deployments.router.usage_log import UsageLog, usage_record
-from tests.conversion_traffic import TASKS, TrafficGenerator
+from cluster.convert.sealed_log import generate_key_pair, load_private_key, read_segment, segment_paths
+from tests.conversion_traffic import TASKS, Prompt, TrafficGenerator
+from tests.good_llm import MODEL_NAME, GoodLLM
 
 
-def bench_spec(path: Path, public_key: str, log: Path) -> Path:
+def bench_spec(path: Path, public_key: str, log: Path, llm_url: str) -> Path:
     fleet = yaml.safe_load((ROOT / "fleet.yaml").read_text())
     smol = {**fleet["models"]["smol"], "lora": {"max_loras": 4, "max_lora_rank": 8}}
+    oracle = {
+        "endpoint": {"url": llm_url, "model": MODEL_NAME},
+        "tier": "llm",
+        "price_per_1k_tokens": fleet["models"]["big"]["price_per_1k_tokens"],  # a hosted 70B-class model's
+        "log_usage": True,
+    }
     spec = {
-        "models": {"smol": smol, "big": fleet["models"]["big"]},
-        "usage_log": {"public_key": public_key, "destination": str(log)},
+        "models": {"smol": smol, "oracle": oracle},
+        "usage_log": {"public_key": public_key, "destination": str(log), "segment_max_age_s": 5},
     }
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
 
 
-def seed_log(spec_path: Path, home: Path, per_task: int) -> tuple[dict[str, str], list[str]]:
-    """The generator's calls as the LLM tier's usage records, built and written by the router's own code; returns
-    each record's true task and the PII planted."""
-    spec = load_spec(spec_path)
-    assert spec.usage_log is not None
-    prices = PriceBook.from_spec(spec)
-    log = UsageLog(spec.usage_log, "bench-router", home=home)
+def ask(url: str, prompt: Prompt, llm: GoodLLM) -> dict:
+    """One plain call to the LLM-tier model, the prompt's right answer taught to the good LLM first."""
+    llm.learn([prompt])
+    body = {"model": "oracle", "messages": prompt.messages, "max_tokens": 48, "temperature": 0.0}
+    if prompt.response_format:
+        body["response_format"] = prompt.response_format
+    reply = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+    reply.raise_for_status()
+    return reply.json()
+
+
+def seed_log(url: str, llm: GoodLLM, per_task: int, log: Path, private: Path) -> tuple[dict[str, str], list[str]]:
+    """The generator's calls through the router to the LLM tier, once the log holds them all; returns each call's
+    true task and the PII planted."""
     truth, planted = {}, []
-    for i, p in enumerate(TrafficGenerator(seed=1).prompts(per_task)):
-        schema = (p.response_format or {}).get("json_schema", {}).get("schema")
-        request = GenerationRequest(f"b{i}", p.messages, contract=Contract(json_schema=schema) if schema else None)
-        tokens_in, tokens_out = len(p.messages[0]["content"]) // 4, len(p.answer) // 4 + 1
-        result = GenerationResult(
-            model="big", text=p.answer, finish_reason="stop", prompt_tokens=tokens_in, completion_tokens=tokens_out
-        )
-        log.record(usage_record("big", request, result, "", prices))
-        truth[f"b{i}"], planted = p.task, planted + p.pii
-    log.close()
+    for prompt in TrafficGenerator(seed=1).prompts(per_task):
+        truth[ask(url, prompt, llm)["id"]] = prompt.task
+        planted += prompt.pii
+    key, deadline = load_private_key(private), time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if truth.keys() <= {r["request_id"] for path in segment_paths(log) for r in read_segment(path, key)}:
+            break
+        time.sleep(1)
     return truth, planted
 
 
@@ -92,12 +99,11 @@ def keep_first_tasks(work: Path, count: int) -> None:
     (work / "choices.json").write_text(json.dumps(choices, indent=2))
 
 
-def cost_per_call(url: str, prompts: list) -> tuple[float, str, str]:
+def cost_per_call(url: str, prompts: list, llm: GoodLLM) -> tuple[float, str, str]:
     """Mean cost of plain calls to the LLM-tier model, who served them, and the router's matching time."""
     costs, served, match_ms = [], Counter(), []
     for p in prompts:
-        body = {"model": "big", "messages": p.messages, "max_tokens": 16, "temperature": 0.0}
-        report = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120).json()["slmfleet"]
+        report = ask(url, p, llm)["slmfleet"]
         costs.append(report["cost"]["total"])
         served[report["served_by"]] += 1
         if "promotion" in report:
@@ -112,6 +118,19 @@ def true_task(loop: Path, name: str, truth: dict[str, str]) -> str:
     return Counter(truth[m] for m in task["members"]).most_common(1)[0][0]
 
 
+def until_live(url: str, llm: GoodLLM, task_types: set[str], names: list[str], within_s: float = 180) -> float:
+    """Seconds of fresh traffic of the promoted tasks until every promotion in ``names`` is live (its shadow
+    samples agreeing with the LLM; the router first loads its embedding model in a thread); -1 if never."""
+    generator, started = TrafficGenerator(seed=10), time.monotonic()
+    while time.monotonic() - started < within_s:
+        listed = httpx.get(f"{url}/admin/promotions", timeout=30).json()["promotions"]
+        if {p["task"] for p in listed if p["phase"] == "live"} >= set(names):
+            return round(time.monotonic() - started, 1)
+        for task in sorted(task_types):
+            ask(url, getattr(generator, task)(), llm)
+    return -1.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-task", type=int, default=40)
@@ -120,13 +139,14 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="slmfleet-convert-bench-"))
     private, public = generate_key_pair(work / "keys")
-    spec = bench_spec(work / "fleet.yaml", public, work / "log")
-    truth, planted = seed_log(spec, work, args.per_task)
+    llm = GoodLLM()
+    spec = bench_spec(work / "fleet.yaml", public, work / "log", llm.url)
     loop, times = work / "loop", {}
     common = ["--spec", str(spec), "--work", str(loop)]
-    timed("S2 curate", ["convert", "curate", *common, "--key", str(private)], times)
-    timed("S3 discover", ["convert", "discover", *common], times)
     with running_fleet(spec=spec, work=work) as url:
+        truth, planted = seed_log(url, llm, args.per_task, work / "log", private)
+        timed("S2 curate", ["convert", "curate", *common, "--key", str(private)], times)
+        timed("S3 discover", ["convert", "discover", *common], times)
         timed("S4 choose", ["convert", "choose", *common, "--url", url], times)
         keep_first_tasks(loop, args.train)
         timed("S5 train", ["convert", "train", *common, "--steps", str(args.steps)], times)
@@ -134,13 +154,16 @@ def main() -> None:
         gate = json.loads((loop / "gate.json").read_text())["adapters"]
         fresh = TrafficGenerator(seed=9).prompts(8)
         samples = {v["name"]: [p for p in fresh if p.task == true_task(loop, v["name"], truth)] for v in gate}
-        before = {name: cost_per_call(url, prompts) for name, prompts in samples.items()}
-        timed("S6 promote", ["convert", "promote", *common, "--url", url, "--phase", "live"], times)
-        time.sleep(15)  # the router loads its embedding model in a thread when the first promotion appears
-        after = {name: cost_per_call(url, prompts) for name, prompts in samples.items()}
+        before = {name: cost_per_call(url, prompts, llm) for name, prompts in samples.items()}
+        timed("S6 promote", ["convert", "promote", *common, "--url", url], times)
+        kept = [v["name"] for v in gate if v["kept"]]
+        kept_types = {true_task(loop, name, truth) for name in kept}
+        times["shadow to live"] = until_live(url, llm, kept_types, kept)
+        after = {name: cost_per_call(url, prompts, llm) for name, prompts in samples.items()}
         moved = {p.task for prompts in samples.values() for p in prompts}
         rest = [p for p in fresh if p.task not in moved]
-        untouched = cost_per_call(url, rest) if rest else (0.0, "-", "-")
+        untouched = cost_per_call(url, rest, llm) if rest else (0.0, "-", "-")
+    llm.close()
     print(f"tasks not promoted, after: served by {untouched[1]} ({untouched[2]})")
     written = "".join(
         p.read_text(errors="replace") for p in loop.rglob("*") if p.is_file() and p.suffix != ".safetensors"
