@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 PROMOTIONS_NAMESPACE = "promotions"
 STATS_NAMESPACE = "promotion-stats"
 UNCAPPED = 1e12  # the store's windowed counters take a finite limit; these only count
+MAX_SIDE_SAMPLES = 8  # side comparisons in flight per router replica; a call beyond it is not sampled
+# a side call refused for capacity or availability compared nothing: it is no sample (neither agreeing nor not)
+NOT_COMPARED = frozenset({"overloaded", "cold_start", "engine_dead", "timeout"})
 Call = Callable[[str, GenerationRequest], Awaitable[GenerationResult]]
 
 
@@ -115,7 +118,11 @@ class PromotionRouting:
         return Match(found[0], found[1], (time.perf_counter() - started) * 1000)
 
     def wants_sample(self, match: Match) -> bool:
-        """Every shadow-phase call is a sample; a live promotion samples ``shadow_rate`` of its calls."""
+        """Every shadow-phase call is a sample; a live promotion samples ``shadow_rate`` of its calls. Sampling is
+        best effort: with :data:`MAX_SIDE_SAMPLES` comparisons in flight a call is not sampled, so a burst of the
+        task's traffic cannot pile side calls onto the specialist's (or the LLM's) queue."""
+        if len(self._side_tasks) >= MAX_SIDE_SAMPLES:
+            return False
         return match.promotion.phase == "shadow" or random.random() < self.settings.shadow_rate
 
     def sample(self, match: Match, request: GenerationRequest, served: GenerationResult) -> None:
@@ -132,8 +139,13 @@ class PromotionRouting:
                 llm_text = served.text
                 on_specialist = replace(side, specialist=promotion.specialist)
                 specialist = await self.call(self.model_of[promotion.specialist], on_specialist)
+                if specialist.error is not None and specialist.error.kind in NOT_COMPARED:
+                    return
             else:  # the specialist served; the LLM answers on the side
-                llm_text, specialist = (await self.call(promotion.model, replace(side, specialist=None))).text, served
+                llm = await self.call(promotion.model, replace(side, specialist=None))
+                if llm.error is not None:  # nothing to compare the specialist with
+                    return
+                llm_text, specialist = llm.text, served
             example = {"answer": llm_text, "contract": asdict(request.contract) if request.contract else None}
             answered = specialist.error is None
             await self._count(

@@ -19,9 +19,17 @@ from cluster.convert.promotion import (
 )
 from cluster.cost import PriceBook
 from cluster.spec import ConversionSpec, parse_spec
+from deployments.protocol import failure
 from deployments.router.chat_endpoint import ChatEndpoint
 from deployments.router.openai_api import ChatCompletionRequest
-from deployments.router.promotions import PROMOTIONS_NAMESPACE, PromotionRouting, TaskMatcher, promotions_from
+from deployments.router.promotions import (
+    MAX_SIDE_SAMPLES,
+    PROMOTIONS_NAMESPACE,
+    Match,
+    PromotionRouting,
+    TaskMatcher,
+    promotions_from,
+)
 from tests.unit.in_process_store import InProcessStore
 from tests.unit.test_chat_escalation import FLEET, ScriptedBackend
 
@@ -146,3 +154,34 @@ def test_a_live_promotion_that_disagrees_is_rolled_back_and_a_failing_specialist
         assert after["slmfleet"]["served_by"] == "big" and "promotion" not in after["slmfleet"]
 
     asyncio.run(scenario())
+
+
+def test_a_side_call_refused_for_capacity_is_no_sample_either_way():
+    """A shadow comparison whose specialist was overloaded, or a live one whose LLM did not answer, compared
+    nothing: counting it as a disagreement would keep a good specialist in shadow under load, or roll it back."""
+
+    async def scenario():
+        busy = failure("smol", "overloaded", "at capacity")
+        backend = ScriptedBackend(smol=[busy, busy, busy, "refund"], big="refund")
+        fleet = Fleet(backend, {"promote_after": 1, "shadow_rate": 1.0, "min_samples_for_rollback": 1})
+        await fleet.store.put(PROMOTIONS_NAMESPACE, "refunds", promotion().model_dump())
+        for _ in range(3):
+            await fleet.ask("I want a refund")
+            assert await fleet.phase() == "shadow"
+        await fleet.ask("refund my order please")  # the first comparison that was made: it agrees
+        assert await fleet.phase() == "live"
+
+        backend.script["big"] = [failure("big", "engine_dead", "no replica")]
+        for _ in range(3):  # every live call sampled; the LLM's side answers failed: nothing to roll back on
+            assert (await fleet.ask("refund, now"))["slmfleet"]["served_by"] == "smol"
+        assert await fleet.phase() == "live"
+
+    asyncio.run(scenario())
+
+
+def test_side_comparisons_in_flight_are_bounded():
+    routing = PromotionRouting({}, TaskMatcher(KeywordEmbedder()), InProcessStore(), parse_spec(FLEET), None)
+    match = Match(promotion(), 0.95, 1.0)
+    assert routing.wants_sample(match)
+    routing._side_tasks.update(object() for _ in range(MAX_SIDE_SAMPLES))
+    assert not routing.wants_sample(match)
