@@ -313,10 +313,6 @@ class EndpointCaller:
             yield StreamDelta(tool_call=call)
         yield answer.result()
 
-    async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-
 
 async def _deltas(response: httpx.Response, answer: StreamedAnswer) -> AsyncIterator[StreamDelta]:
     async for line in response.aiter_lines():
