@@ -16,7 +16,7 @@ from cluster.cli import main
 from cluster.placement import plan_fleet
 from cluster.render import rayservice as rs
 from cluster.render.serve_config import build_serve_config
-from cluster.spec import EndpointSpec, SpecialistSpec, parse_spec
+from cluster.spec import EndpointSpec, SpecialistSpec, load_spec, parse_spec
 from cluster.spec_errors import SpecError
 from deployments.protocol import (
     Contract,
@@ -561,3 +561,10 @@ def test_plan_prints_the_endpoint_models_apart_from_the_placement(tmp_path, caps
     assert main(["plan", str(path), "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["endpoints"] == {"big": "api.example.com, model gpt-4o-mini"} and list(printed["models"]) == ["smol"]
+
+
+def test_the_hosted_llm_example_validates_and_places_only_its_small_model():
+    spec = load_spec(Path(__file__).parents[2] / "examples" / "hosted-llm.yaml")
+    assert list(spec.engine_models()) == ["smol"] and spec.endpoint_models()["big"].api_key_env == "OPENAI_API_KEY"
+    assert [m.model for m in plan_fleet(spec).models] == ["smol"]
+    assert spec.specialists["intent"].escalation.to == "big"
