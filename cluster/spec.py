@@ -116,7 +116,9 @@ class EndpointSpec(StrictModel):
         "contracts are checked on the answer), 'vllm' as vLLM's structured_outputs (all three, and vLLM's sampling "
         "extras such as top_k)",
     )
-    timeout_s: float = Field(120.0, gt=0, description="a call's limit (a stream's: between two chunks)")
+    timeout_s: float = Field(
+        120.0, gt=0, description="the longest wait for the API: to connect (at most 10 s) and between two reads"
+    )
     max_concurrent_requests: int = Field(
         64, ge=1, description="calls in flight per router replica; beyond it a call is refused at once (503)"
     )

@@ -5,9 +5,10 @@ The router calls such a model where it would call an engine: a :class:`Generatio
 chat request (the specialist's instructions, sampling and contract applied here, since no model replica does it),
 and the answer, whole or streamed, comes back as the fleet's own :class:`GenerationResult` / :class:`StreamDelta`.
 The API's failures become failure data with a kind, as an engine's do: a refusal for load (429/503) is
-``overloaded`` with the API's ``Retry-After``; an API that does not answer, answers 5xx or refuses the fleet's key
-is ``engine_dead`` (retried once, then escalated or a 503); a request it rejects as malformed is the client's
-``bad_request`` with the API's reason. :func:`chat_body` is pure and unit-tested.
+``overloaded`` with the API's ``Retry-After``; an API that cannot be reached, answers 5xx, refuses the fleet's key or
+answers 200 without a completion is ``engine_dead`` (retried once, then escalated or a 503); one that stalls past
+``timeout_s`` is a ``timeout``; a request it rejects as malformed is the client's ``bad_request`` with the API's
+reason. :func:`chat_body` is pure and unit-tested.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import httpx
 
 from cluster.chat_messages import with_instructions
 from cluster.spec import EndpointSpec
-from deployments.model.chat_request import DEFAULT_SAMPLING, contract_from_spec
+from deployments.model.chat_request import base_sampling, request_contract
 from deployments.protocol import (
     GenerationError,
     GenerationRequest,
@@ -42,15 +43,19 @@ HTTP_OK = 200
 def chat_body(endpoint: EndpointSpec, request: GenerationRequest) -> dict[str, Any] | GenerationError:
     """The OpenAI chat request for ``request`` (its specialist's settings applied), or why the API cannot take it."""
     specialist = request.specialist_spec
-    defaults = specialist.sampling if specialist else DEFAULT_SAMPLING
+    sampling = base_sampling(request, specialist)
     body: dict[str, Any] = {
         "model": endpoint.model,
         "messages": with_instructions(request.messages, specialist.instructions if specialist else ""),
-        "temperature": defaults.temperature if request.temperature is None else request.temperature,
-        "top_p": defaults.top_p if request.top_p is None else request.top_p,
-        "max_tokens": defaults.max_tokens if request.max_tokens is None else request.max_tokens,
+        "temperature": sampling["temperature"],
+        "top_p": sampling["top_p"],
     }
-    for key in ("stop", "seed", "presence_penalty", "frequency_penalty", "logit_bias"):
+    # OpenAI's API takes the limit as max_completion_tokens (its reasoning models refuse max_tokens); vLLM both
+    limit = "max_tokens" if endpoint.structured_outputs == "vllm" else "max_completion_tokens"
+    body[limit] = sampling["max_tokens"]
+    if request.stop:
+        body["stop"] = list(request.stop)
+    for key in ("seed", "presence_penalty", "frequency_penalty", "logit_bias"):
         value = getattr(request, key)
         if value is not None:
             body[key] = value
@@ -65,7 +70,7 @@ def chat_body(endpoint: EndpointSpec, request: GenerationRequest) -> dict[str, A
         body.update(request.extra_sampling)
     if request.tools is not None:
         body.update(_tool_fields(request.tools))
-    contract = request.contract or (contract_from_spec(specialist.output) if specialist else None)
+    contract = request_contract(request, specialist)
     if contract is not None and not contract.is_empty():
         body.update(_contract_fields(endpoint, contract))
     return body
@@ -116,6 +121,20 @@ def result_from_answer(model: str, answer: Mapping[str, Any]) -> GenerationResul
     )
 
 
+def result_from_response(model: str, response: httpx.Response) -> GenerationResult:
+    """A plain call's HTTP answer as the fleet's result: a refusal, a body that is no completion, or the answer."""
+    if response.status_code != HTTP_OK:
+        return failure_from_status(model, response)
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict) or not answer.get("choices"):  # not JSON, or a gateway's error behind a 200
+        log.warning("endpoint of model %s answered 200 without a completion: %.300s", model, response.text)
+        return failure(model, "engine_dead", f"model '{model}' is unavailable: its endpoint's answer is no completion")
+    return result_from_answer(model, answer)
+
+
 def _tool_call(call: Mapping[str, Any]) -> ToolCall:
     function = call.get("function") or {}
     return ToolCall(str(call.get("id") or ""), str(function.get("name") or ""), str(function.get("arguments") or ""))
@@ -132,7 +151,8 @@ def failure_from_status(model: str, response: httpx.Response) -> GenerationResul
     status, reason = response.status_code, _error_message(response)
     if status in OVERLOAD_STATUSES:
         retry_after = _retry_after(response.headers.get("retry-after"))
-        return failure(model, "overloaded", f"model '{model}' is at capacity at its endpoint; retry later", retry_after)
+        message = f"model '{model}' is at capacity at its endpoint; retry later"
+        return failure(model, "overloaded", message, retry_after, expected_wait_s=float(retry_after))
     if status in (400, 413, 422):
         too_long = "context" in reason.lower() and "length" in reason.lower()
         kind = "context_length_exceeded" if too_long else "bad_request"
@@ -154,12 +174,12 @@ def _error_message(response: httpx.Response) -> str:
 def _retry_after(header: str | None) -> int:
     try:
         return max(1, int(float(header))) if header else DEFAULT_RETRY_AFTER_S
-    except ValueError:
+    except (ValueError, OverflowError):  # not a number of seconds (an HTTP date, or inf)
         return DEFAULT_RETRY_AFTER_S
 
 
 def failure_from_exception(model: str, exc: httpx.HTTPError) -> GenerationResult:
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
         return failure(model, "timeout", f"model '{model}' did not answer in time at its endpoint")
     log.warning("endpoint of model %s failed: %r", model, exc)
     return failure(model, "engine_dead", f"model '{model}' is unavailable: its endpoint did not answer")
@@ -245,7 +265,8 @@ class EndpointCaller:
     def _admit(self, model: str, endpoint: EndpointSpec) -> GenerationResult | None:
         if self.in_flight.get(model, 0) >= endpoint.max_concurrent_requests:
             message = f"model '{model}' has {endpoint.max_concurrent_requests} calls in flight at its endpoint"
-            return failure(model, "overloaded", f"{message}; retry later", DEFAULT_RETRY_AFTER_S)
+            # a place frees as soon as one call ends: no wait foreseen, so the refusal memo holds back no one else
+            return failure(model, "overloaded", f"{message}; retry later", DEFAULT_RETRY_AFTER_S, expected_wait_s=0.0)
         self.in_flight[model] = self.in_flight.get(model, 0) + 1
         return None
 
@@ -265,12 +286,7 @@ class EndpointCaller:
             return failure_from_exception(model, exc)
         finally:
             self._done(model)
-        if response.status_code != HTTP_OK:
-            return failure_from_status(model, response)
-        try:
-            return result_from_answer(model, response.json())
-        except ValueError:
-            return failure(model, "engine_dead", f"model '{model}' is unavailable: its endpoint's answer is not JSON")
+        return result_from_response(model, response)
 
     async def stream(
         self, model: str, endpoint: EndpointSpec, request: GenerationRequest
@@ -287,27 +303,28 @@ class EndpointCaller:
             return
         body.update(stream=True, stream_options={"include_usage": True})
         answer = StreamedAnswer(model)
+        failed: GenerationResult | None = None  # yielded only once the call's place and response are released
         try:
             response = await self._http().send(self._request(endpoint, body), stream=True)
             try:
                 if response.status_code != HTTP_OK:
                     await response.aread()
-                    yield failure_from_status(model, response)
-                    return
-                async for delta in _deltas(response, answer):
-                    yield delta
+                    failed = failure_from_status(model, response)
+                else:
+                    async for delta in _deltas(response, answer):
+                        yield delta
             finally:
                 await response.aclose()
         except httpx.HTTPError as exc:
-            yield failure_from_exception(model, exc)
-            return
+            failed = failure_from_exception(model, exc)
         except ValueError:  # a chunk that is not JSON
-            yield failure(model, "engine_dead", f"model '{model}' is unavailable: its endpoint's stream is not JSON")
-            return
+            failed = failure(model, "engine_dead", f"model '{model}' is unavailable: its endpoint's stream is not JSON")
         finally:
             self._done(model)
-        if answer.finish_reason is None:  # closed before its last chunk: a cut answer, not a whole one
-            yield failure(model, "engine_dead", f"model '{model}' is unavailable: its endpoint's stream was cut")
+        if failed is None and answer.finish_reason is None:  # closed before its last chunk: cut, not whole
+            failed = failure(model, "engine_dead", f"model '{model}' is unavailable: its endpoint's stream was cut")
+        if failed is not None:
+            yield failed
             return
         for call in answer.tool_calls():
             yield StreamDelta(tool_call=call)

@@ -136,11 +136,12 @@ class ServeBackend:
             yield refused
             return
         items = self._endpoint_stream(model, request) if model in self.endpoints else self._stream(model, request)
-        async for item in items:
-            if isinstance(item, GenerationResult):
-                self.refusals.observe(model, item)
-                self._count(model, request, item)
-            yield item
+        async with aclosing(items):  # a consumer that leaves closes the model's stream at once, not at collection
+            async for item in items:
+                if isinstance(item, GenerationResult):
+                    self.refusals.observe(model, item)
+                    self._count(model, request, item)
+                yield item
 
     def _call(self, model: str, request: GenerationRequest) -> Awaitable[GenerationResult]:
         if model in self.endpoints:
@@ -391,12 +392,14 @@ def router_state(
     matcher: TaskMatcher | None = None,
     spec_probes: SpecAdapterProbes | None = None,
     endpoint_caller: EndpointCaller | None = None,
+    side_tasks: set[asyncio.Task[None]] | None = None,
 ) -> RouterState:
     """The router's state from its ``user_config`` (``{spec, replica_per_hour}``) and the adapter registry's
     entries; a bad spec raises SpecError. ``shared`` is the fleet's shared store, where the LLM tier's budget is
     counted. ``usage_log_for(settings)`` gives the replica's usage-log writer for the spec's settings; ``promoted`` are
     the promotions' entries, matched with the replica's ``matcher``; ``spec_probes`` keeps the replica's verdicts on
-    the spec's adapters; ``endpoint_caller`` is the replica's client of outside APIs (kept across rebuilds)."""
+    the spec's adapters; ``endpoint_caller`` is the replica's client of outside APIs and ``side_tasks`` its promotions'
+    side comparisons in flight (both kept across rebuilds)."""
     base_spec = parse_spec(config.get("spec"), "<router user_config: spec>")
     spec, set_aside = with_registered(base_spec, registered or {})
     for name, reason in set_aside.items():
@@ -441,7 +444,8 @@ def router_state(
     promotions, promotions_set_aside = promotions_from(spec, promoted or {})
     for name, reason in promotions_set_aside.items():
         log.warning("promotion %s set aside: %s", name, reason)
-    routing = PromotionRouting(promotions, matcher or TaskMatcher(), shared, spec, backend.complete)
+    matcher = matcher or TaskMatcher()
+    routing = PromotionRouting(promotions, matcher, shared, spec, backend.complete, side_tasks=side_tasks)
     return RouterState(spec, base_spec, set_aside, prices, backend, runner, gate, budget, routing, promotions_set_aside)
 
 
@@ -466,6 +470,7 @@ class Router:
         self.matcher = TaskMatcher()  # the replica's embedding model, loaded when the first promotion appears
         self.spec_probes = SpecAdapterProbes()  # this replica's verdicts on the spec's adapters
         self.endpoint_caller = EndpointCaller()  # one pooled HTTP client to outside APIs for the replica's life
+        self.side_samples: set[asyncio.Task[None]] = set()  # promotions' side comparisons in flight, bounded
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Called by Serve at start and whenever the deployment's user_config changes."""
@@ -484,6 +489,7 @@ class Router:
             matcher=self.matcher,
             spec_probes=self.spec_probes,
             endpoint_caller=self.endpoint_caller,
+            side_tasks=self.side_samples,
         )
         self.swappable.current = build_api(
             state.spec,

@@ -118,11 +118,14 @@ def test_the_specialists_instructions_and_defaults_apply_and_the_request_overrid
     body = chat_body(OPENAI, request)
     assert body["model"] == "gpt-4o-mini"
     assert body["messages"] == [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "hi"}]
-    assert (body["temperature"], body["top_p"], body["max_tokens"]) == (0.3, 0.9, 20)
+    assert (body["temperature"], body["top_p"], body["max_completion_tokens"]) == (0.3, 0.9, 20)
     assert body["stop"] == ["\n"] and body["seed"] == 3
-    assert not {"logprobs", "presence_penalty", "tools", "response_format"} & set(body)
-    bare = chat_body(OPENAI, GenerationRequest("r", HI, temperature=1.0))
-    assert bare["messages"] == HI and (bare["temperature"], bare["top_p"], bare["max_tokens"]) == (1.0, 1.0, 256)
+    assert not {"logprobs", "presence_penalty", "tools", "response_format", "max_tokens"} & set(body)
+    bare = chat_body(OPENAI, GenerationRequest("r", HI, temperature=1.0, stop=[]))
+    assert bare["messages"] == HI and "stop" not in bare  # an empty stop list is no stop
+    assert (bare["temperature"], bare["top_p"], bare["max_completion_tokens"]) == (1.0, 1.0, 256)
+    on_vllm = chat_body(VLLM, request)  # vLLM's server takes the limit as max_tokens
+    assert on_vllm["max_tokens"] == 20 and "max_completion_tokens" not in on_vllm
 
 
 def test_logprobs_and_tools_go_out_in_openais_shape():
@@ -233,10 +236,33 @@ def test_an_answer_becomes_the_fleets_result_and_the_key_goes_as_a_bearer_token(
     assert body["model"] == "gpt-4o-mini" and body["messages"] == HI and "stream" not in body
 
 
+def test_a_200_that_carries_an_error_instead_of_a_completion_is_engine_dead():
+    caller = caller_of(answering(json={"error": {"message": "upstream provider failed"}}))
+    error = complete(caller).error
+    assert error is not None and error.kind == "engine_dead" and caller.in_flight == {"big": 0}
+
+
+def test_a_retry_after_that_is_no_number_of_seconds_is_one_second():
+    for header in ("inf", "1e999", "Wed, 21 Oct 2026 07:28:00 GMT"):
+        caller = caller_of(answering(429, headers={"Retry-After": header}, json={"error": {"message": "slow"}}))
+        assert complete(caller).error.retry_after_s == 1
+
+
+def test_the_apis_refusal_foresees_its_retry_after_and_the_local_bound_foresees_no_wait():
+    """What the refusal memo holds other requests back by: the API's Retry-After, but nothing for the router's own
+    bound (a place frees as soon as one call ends)."""
+    api = complete(caller_of(answering(429, headers={"Retry-After": "4"}, json={}))).error
+    assert api.expected_wait_s == 4.0
+    caller = caller_of(answering(json=ANSWER))
+    caller.in_flight["big"] = OPENAI.max_concurrent_requests
+    local = complete(caller).error
+    assert local.kind == "overloaded" and local.expected_wait_s == 0.0 and local.retry_after_s == 1
+
+
 def test_a_200_that_is_not_json_is_engine_dead():
     caller = caller_of(answering(text="<html>gateway</html>"))
     error = complete(caller).error
-    assert error.kind == "engine_dead" and "not JSON" in error.message and caller.in_flight == {"big": 0}
+    assert error.kind == "engine_dead" and "no completion" in error.message and caller.in_flight == {"big": 0}
 
 
 @pytest.mark.parametrize(
@@ -273,7 +299,9 @@ def test_the_apis_refusals_become_failure_kinds(reply, kind, retry_after, said):
 
 
 @pytest.mark.parametrize(
-    ("exc", "kind"), [(httpx.ConnectError, "engine_dead"), (httpx.ReadTimeout, "timeout")], ids=["connect", "timeout"]
+    ("exc", "kind"),
+    [(httpx.ConnectError, "engine_dead"), (httpx.ConnectTimeout, "engine_dead"), (httpx.ReadTimeout, "timeout")],
+    ids=["connect", "connect-timeout", "read-timeout"],
 )
 def test_an_api_that_does_not_answer_is_engine_dead_or_a_timeout(exc, kind):
     async def handler(request):
@@ -386,6 +414,18 @@ def test_a_refused_stream_is_one_failure_result():
     assert caller.in_flight == {"big": 0}
 
 
+def test_a_failed_stream_gives_back_its_place_before_its_failure_is_read():
+    caller = caller_of(answering(429, json={"error": {"message": "slow down"}}))
+
+    async def first_item():
+        items = caller.stream("big", OPENAI, GenerationRequest("r", HI))
+        item = await anext(items)  # a consumer that reads the failure and goes on to escalate, leaving it open
+        return item, dict(caller.in_flight)
+
+    item, in_flight = asyncio.run(first_item())
+    assert item.error.kind == "overloaded" and in_flight == {"big": 0}
+
+
 def test_a_chunk_that_is_not_json_ends_the_stream_as_engine_dead():
     body = "data: " + json.dumps(delta(content="a")) + "\n\ndata: {not json\n\n"
     caller = caller_of(answering(text=body, headers=SSE_HEADERS))
@@ -445,6 +485,20 @@ def test_an_endpoint_stream_through_the_backend_and_its_retry_before_the_first_t
     items = stream_items(backend_of(failed_first, monkeypatch))
     assert failed_first.calls == 2
     assert [i.text for i in items[:2]] == ["Hel", "lo"] and items[-1].error is None and items[-1].text == "Hello"
+
+
+def test_a_client_leaving_a_backend_stream_ends_the_api_call_at_once(monkeypatch):
+    backend = backend_of(Scripted(httpx.Response(200, text=STREAM, headers=SSE_HEADERS)), monkeypatch)
+
+    async def leave_after_the_first_delta():
+        items = backend.stream("big", GenerationRequest("r", HI))
+        first = await anext(items)
+        during = dict(backend.endpoint_caller.in_flight)
+        await items.aclose()  # what the stream guard does when the client goes
+        return first, during, dict(backend.endpoint_caller.in_flight)
+
+    first, during, after = asyncio.run(leave_after_the_first_delta())
+    assert first.text == "Hel" and during == {"big": 1} and after == {"big": 0}
 
 
 def test_an_endpoint_stream_cut_after_text_left_is_not_retried(monkeypatch):
