@@ -56,16 +56,27 @@ def structured_kwargs(contract: Contract | None, max_tokens: int) -> dict[str, A
     return {"regex": contract.regex}
 
 
-def build_engine_call(request: GenerationRequest, specialist: SpecialistSpec | None) -> EngineCall:
-    """Merge request fields over the specialist's defaults (a field left None keeps the default)."""
+def base_sampling(request: GenerationRequest, specialist: SpecialistSpec | None) -> dict[str, Any]:
+    """temperature, top_p and max_tokens: the request's where it sets them, else the specialist's defaults (the one
+    merge rule for engines and outside APIs)."""
     defaults = specialist.sampling if specialist else DEFAULT_SAMPLING
-    sampling: dict[str, Any] = {
+    return {
         "temperature": _first(request.temperature, defaults.temperature),
         "top_p": _first(request.top_p, defaults.top_p),
         "max_tokens": _first(request.max_tokens, defaults.max_tokens),
     }
+
+
+def request_contract(request: GenerationRequest, specialist: SpecialistSpec | None) -> Contract | None:
+    """The request's own contract (its response format), else the specialist's declared output."""
+    return request.contract or (contract_from_spec(specialist.output) if specialist else None)
+
+
+def build_engine_call(request: GenerationRequest, specialist: SpecialistSpec | None) -> EngineCall:
+    """Merge request fields over the specialist's defaults (a field left None keeps the default)."""
+    sampling = base_sampling(request, specialist)
     sampling.update(_optional_sampling(request))
-    contract = request.contract or (contract_from_spec(specialist.output) if specialist else None)
+    contract = request_contract(request, specialist)
     instructions = specialist.instructions if specialist else ""
     messages = with_instructions(request.messages, instructions)
     budget = request.schema_tokens or sampling["max_tokens"]
