@@ -91,15 +91,19 @@ class PromotionRouting:
         store: Any,
         spec: FleetSpec,
         call: Call,
+        *,
+        side_tasks: set[asyncio.Task[None]] | None = None,
     ) -> None:
-        """``call(model, request)`` makes a model call (the router's backend); ``spec`` is the spec it serves."""
+        """``call(model, request)`` makes a model call (the router's backend); ``spec`` is the spec it serves;
+        ``side_tasks`` are the replica's side comparisons in flight, shared by the routings it builds one after
+        another (so the bound holds across a rebuild)."""
         self.by_model: dict[str, list[Promotion]] = {}
         for promotion in promotions.values():
             self.by_model.setdefault(promotion.model, []).append(promotion)
         self.matcher, self.store, self.call = matcher, store, call
         self.settings = spec.conversion
         self.model_of = {name: specialist.model for name, specialist in spec.specialists.items()}
-        self._side_tasks: set[asyncio.Task[None]] = set()
+        self._side_tasks: set[asyncio.Task[None]] = set() if side_tasks is None else side_tasks
         if promotions:
             matcher.warm()
 

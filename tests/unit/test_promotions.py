@@ -179,9 +179,13 @@ def test_a_side_call_refused_for_capacity_is_no_sample_either_way():
     asyncio.run(scenario())
 
 
-def test_side_comparisons_in_flight_are_bounded():
-    routing = PromotionRouting({}, TaskMatcher(KeywordEmbedder()), InProcessStore(), parse_spec(FLEET), None)
+def test_side_comparisons_in_flight_are_bounded_across_a_replicas_rebuilds():
+    in_flight: set = set()  # the replica's, passed to each routing it builds
+    spec, store = parse_spec(FLEET), InProcessStore()
+    before, after = (
+        PromotionRouting({}, TaskMatcher(KeywordEmbedder()), store, spec, None, side_tasks=in_flight) for _ in range(2)
+    )
     match = Match(promotion(), 0.95, 1.0)
-    assert routing.wants_sample(match)
-    routing._side_tasks.update(object() for _ in range(MAX_SIDE_SAMPLES))
-    assert not routing.wants_sample(match)
+    assert after.wants_sample(match)
+    before._side_tasks.update(object() for _ in range(MAX_SIDE_SAMPLES))  # still running from the old routing
+    assert not after.wants_sample(match)
