@@ -83,7 +83,7 @@ def container_env(spec: FleetSpec) -> list[dict[str, Any]]:
     if spec.server.api_keys_env:
         env.append(_secret_env(spec.server.api_keys_env, API_KEYS_SECRET, API_KEYS_SECRET_KEY, optional=False))
     env.append(_secret_env("HF_TOKEN", HF_TOKEN_SECRET, HF_TOKEN_SECRET_KEY, optional=True))
-    for variable in sorted({e.api_key_env for e in spec.endpoint_models().values() if e.api_key_env}):
+    for variable in endpoint_key_variables(spec):
         env.append(_secret_env(variable, ENDPOINT_KEYS_SECRET, variable, optional=False))  # an outside API's key
     return env
 
@@ -225,8 +225,13 @@ def kustomization() -> dict[str, Any]:
     }
 
 
+def endpoint_key_variables(spec: FleetSpec) -> list[str]:
+    """The variables holding the keys of the outside APIs that serve the spec's endpoint models."""
+    return sorted({e.api_key_env for e in spec.endpoint_models().values() if e.api_key_env})
+
+
 def _endpoint_secret_note(spec: FleetSpec) -> str:
-    variables = sorted({e.api_key_env for e in spec.endpoint_models().values() if e.api_key_env})
+    variables = endpoint_key_variables(spec)
     if not variables:
         return ""
     literals = " ".join(f"--from-literal={v}=<key>" for v in variables)
