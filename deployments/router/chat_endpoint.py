@@ -176,6 +176,8 @@ class ChatEndpoint:
             first = await self._first_item(chat.model, items)
         if items is None or first is None or (isinstance(first, GenerationResult) and first.error is not None):
             failed = first if isinstance(first, GenerationResult) else None
+            if items is not None:
+                await items.aclose()  # the failed stream is done with: its model call ends before the fallback
             outcome = await self.caller.answer(chat, request, failed)  # judged whole; escalated as the policy says
             if outcome.error is not None:
                 return generation_error(outcome.error)
