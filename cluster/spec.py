@@ -63,6 +63,12 @@ class EngineSpec(StrictModel):
     )
     max_num_batched_tokens: int | None = Field(None, gt=0)
     seed: int = 0
+    cpu_worker: Literal["in_process", "own_process"] = Field(
+        "in_process",
+        description="CPU backend, models without tensor parallelism: where vLLM's model worker runs. in_process "
+        "runs it inside the engine-core process (one process fewer to start and hold); own_process is vLLM's "
+        "default, a separate worker with OpenMP core binding, for large multi-socket hosts. GPUs keep vLLM's choice.",
+    )
 
 
 LoraRank = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]  # the ranks vLLM's LoRA kernels are built for

@@ -18,9 +18,11 @@ from vllm import SamplingParams
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.exceptions import VLLMClientError
 from vllm.lora.request import LoRARequest
+from vllm.platforms import current_platform
 from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
+from vllm.v1.executor.uniproc_executor import UniProcExecutor
 
 from cluster.spec import ModelSpec
 from deployments.model.adapters import LoadedAdapter
@@ -65,7 +67,22 @@ def engine_args(model_path: str, model: ModelSpec, overrides: dict[str, Any] | N
     if model.engine.max_num_batched_tokens:
         options["max_num_batched_tokens"] = model.engine.max_num_batched_tokens
     options.update(overrides or {})
+    if _worker_in_engine_core(model, options):
+        options["distributed_executor_backend"] = UniProcExecutor
     return AsyncEngineArgs(**options)
+
+
+def _worker_in_engine_core(model: ModelSpec, options: dict[str, Any]) -> bool:
+    """On the CPU, vLLM turns the ``"uni"`` executor into ``"mp"``: a worker process of its own, bound by OpenMP to
+    the cores the engine core leaves free. On a small host that third process costs about 8 s of start-up (it
+    imports torch and vLLM again) and 0.8 GiB, and its hand-offs with the engine core slow decoding (measured:
+    docs/benchmarks.md, "vLLM's CPU worker"). Naming the executor class runs the worker inside the engine core."""
+    return (
+        current_platform.is_cpu()
+        and model.engine.cpu_worker == "in_process"
+        and options["tensor_parallel_size"] == 1
+        and "distributed_executor_backend" not in options
+    )
 
 
 @dataclass
