@@ -15,9 +15,7 @@ What is compared, and why it is fair:
   same engine settings: float32, max_model_len 2048, max_num_seqs = concurrent_seqs 8, enforce_eager, the same
   gpu_memory_utilization (a share of host memory on the CPU, so the same KV budget), seed, tensor parallel 1 and
   the fleet's structured-outputs setting (xgrammar, compact JSON). Both on the CPU (the peer with
-  ``accelerator_config={"kind": "cpu"}``); vLLM's CPU platform runs both with its multiprocessing executor, and
-  its thread auto-binding puts both engines' OpenMP threads on the same core set (core 0 on a 2-core box, the
-  other core reserved). Only one side is under load at a time, so they do not compete for it.
+  ``accelerator_config={"kind": "cpu"}``). Only one side is under load at a time, so they do not compete for cores.
 - Interleaved rounds: in each round every level runs on one side, then the other, and the order flips from one
   round to the next, so drift of the machine's speed (other work on a shared box) falls on both sides alike.
   Ratios are slm-fleet / peer per round; the table gives their median and their spread (min..max over rounds).
@@ -33,6 +31,12 @@ What is compared, and why it is fair:
 
 What is not identical (read the ratios with these in mind):
 
+- Where vLLM's model worker runs. The fleet runs it inside the engine-core process (``engine.cpu_worker:
+  in_process``, its default on the CPU; docs/benchmarks.md, "vLLM's CPU worker"). Ray Serve LLM sets
+  ``distributed_executor_backend="mp"`` for a CPU accelerator whatever ``engine_kwargs`` say
+  (``ray/llm/_internal/serve/engines/vllm/vllm_models.py``), so its users get vLLM's own layout: a worker process
+  of its own, its OpenMP threads bound to core 0 on a 2-core box. ``--fleet-worker own_process`` gives the fleet
+  that layout too, which isolates everything else.
 - The request path: the fleet's router tokenizes with the chat template itself and hands the engine token ids;
   the peer goes through vLLM's OpenAI serving layer (its own chat-template rendering and request validation). The
   run prints the mean prompt tokens of each side, so a template difference would show.
@@ -111,12 +115,13 @@ DOCS_END = "<!-- vs_ray_serve_llm:end -->"
 # --- the two apps on one Ray ------------------------------------------------------------------------------------
 
 
-def bench_spec():
-    """The default fleet cut to the ``smol`` engine, its specialists (their escalation to the ``big`` stand-in
-    dropped: it is not deployed) and the benchmark pipeline."""
+def bench_spec(cpu_worker: str = "in_process"):
+    """The default fleet cut to the ``smol`` engine (its vLLM worker where ``cpu_worker`` says), its specialists
+    (their escalation to the ``big`` stand-in dropped: it is not deployed) and the benchmark pipeline."""
     from cluster.spec import parse_spec
 
     spec = yaml.safe_load((ROOT / "fleet.yaml").read_text())
+    spec["models"][MODEL].setdefault("engine", {})["cpu_worker"] = cpu_worker
     specialists = {
         name: {k: v for k, v in s.items() if k != "escalation"}
         for name, s in spec["specialists"].items()
@@ -473,6 +478,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 round, concurrency 1 and 8, few requests")
+    parser.add_argument(
+        "--fleet-worker",
+        choices=("in_process", "own_process"),
+        default="in_process",
+        help="the fleet's engine.cpu_worker (default in_process, the fleet's default; the peer's is always vLLM's)",
+    )
     parser.add_argument("--write-docs", action="store_true", help=f"write the results into {DOCS_PATH.name}")
     args = parser.parse_args()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
@@ -480,7 +491,7 @@ def main() -> None:
     command = "python -m benchmarks.vs_ray_serve_llm " + " ".join(sys.argv[1:])
     print(f"machine: {machine()}\nversions: {versions()}", flush=True)
     started = time.perf_counter()
-    spec = bench_spec()
+    spec = bench_spec(args.fleet_worker)
     try:
         url = start_both(spec)
         print(f"both apps up after {time.perf_counter() - started:.0f} s at {url}", flush=True)
