@@ -30,6 +30,8 @@ from deployments.router.auth_gate import (
     PRIORITIES,
     PRIORITY_HEADER,
     AuthGate,
+    Leave,
+    nothing_to_leave,
     required_scope,
 )
 from deployments.router.chat_endpoint import ChatEndpoint, ModelBackend
@@ -209,15 +211,15 @@ def _gatekeeper(
         scope = required_scope(request.url.path)
         if scope is None:
             return await call_next(request)
-        refused, identity = await _authorize(gate, request, scope)
+        refused, identity = _authenticate(gate, request, scope)
         if refused is not None:
             return refused
         priority = gate.priority(identity, request.headers.get(PRIORITY_HEADER))
         if priority is None:
             return error_response(400, f"{PRIORITY_HEADER} must be one of {', '.join(PRIORITIES)}", "invalid_priority")
-        leave = await gate.enter(identity)
-        if leave is None:
-            return _too_many_in_flight(gate, identity or "")
+        refused, leave = await _admit(gate, identity)
+        if refused is not None:
+            return refused
         token = CALLER_PRIORITY.set(priority)
         try:
             response = await call_next(request)
@@ -229,6 +231,21 @@ def _gatekeeper(
         return _leave_when_sent(response, leave)
 
     return check
+
+
+async def _admit(gate: AuthGate, identity: str | None) -> tuple[Response | None, Leave]:
+    """(a 429, or None; the call that gives the slot back). A slot for requests in flight is taken first, then one
+    request of the rate is spent, so a refusal spends neither: one refused for its rate gives its slot back."""
+    leave = await gate.enter(identity)
+    if leave is None:
+        return _too_many_in_flight(gate, identity or ""), nothing_to_leave
+    wait = await gate.over_quota(identity) if identity is not None else None
+    if wait is None:
+        return None, leave
+    await leave()
+    message = f"key {identity} is over its requests_per_min; retry in {wait} s"
+    body = error_body(message, "rate_limit_error", "rate_limit_exceeded", retry_after_s=wait)
+    return JSONResponse(body, status_code=429, headers=retry_after_headers(429, body)), nothing_to_leave
 
 
 def _too_many_in_flight(gate: AuthGate, identity: str) -> Response:
@@ -257,8 +274,8 @@ def _leave_when_sent(response: Response, leave: Callable[[], Awaitable[None]]) -
     return response
 
 
-async def _authorize(gate: AuthGate, request: Request, scope: str) -> tuple[Response | None, str | None]:
-    """(a refusal, or None; the key's identity): 401 without a valid key, 403 without the scope, 429 over rate."""
+def _authenticate(gate: AuthGate, request: Request, scope: str) -> tuple[Response | None, str | None]:
+    """(a refusal, or None; the key's identity): 401 without a valid key, 403 without the route's scope."""
     if gate.open:
         return None, None
     key = gate.authenticate(request.headers.get("authorization", ""))
@@ -269,12 +286,7 @@ async def _authorize(gate: AuthGate, request: Request, scope: str) -> tuple[Resp
     if scope not in key.scopes:
         return error_response(403, f"this key ({key.identity}) lacks the '{scope}' scope", "insufficient_scope"), None
     request.state.key_identity = key.identity
-    wait = await gate.over_quota(key.identity)
-    if wait is None:
-        return None, key.identity
-    message = f"key {key.identity} is over its requests_per_min; retry in {wait} s"
-    body = error_body(message, "rate_limit_error", "rate_limit_exceeded", retry_after_s=wait)
-    return JSONResponse(body, status_code=429, headers=retry_after_headers(429, body)), key.identity
+    return None, key.identity
 
 
 def _install_error_handlers(app: FastAPI) -> None:

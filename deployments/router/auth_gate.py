@@ -63,7 +63,8 @@ class LeaseStore:
     ttl_s: float
 
 
-async def _nothing_to_leave() -> None:
+async def nothing_to_leave() -> None:
+    """The leave of a request that holds no slot (no cap, or a store that did not answer)."""
     return None
 
 
@@ -121,13 +122,13 @@ class AuthGate:
         are taken. As with the rate, a store that does not answer lets the request through (logged)."""
         policy = self.policies.get(identity) if identity is not None else None
         if identity is None or policy is None or policy.max_concurrent_requests is None or self.leases is None:
-            return _nothing_to_leave
+            return nothing_to_leave
         leases = self.leases
         try:
             leased = await leases.acquire(CONCURRENCY_NAMESPACE, identity, policy.max_concurrent_requests, leases.ttl_s)
         except Exception as exc:
             log.warning("requests in flight of %s unreadable, request let through: %r", identity, exc)
-            return _nothing_to_leave
+            return nothing_to_leave
         if leased.lease_id is None:
             return None
         lease_id = leased.lease_id

@@ -159,12 +159,14 @@ class HeldBackend(ScriptedBackend):
                 await self.mid_stream.wait()
 
 
-def in_flight_client(limit):
+def in_flight_client(limit, per_min=None):
     data = copy.deepcopy(FLEET)
     data["server"] = {"api_keys_env": "K", "keys": {"app": {"max_concurrent_requests": limit}}}
+    data["server"]["keys"]["app"]["requests_per_min"] = per_min
     s = parse_spec(data)
     store, backend = InProcessStore(), HeldBackend()
-    app = build_api(s, backend, gate_for(s, {"K": "app=sk-app,batch=sk-b"}, leases=(store.acquire, store.release)))
+    leases = (store.acquire, store.release)
+    app = build_api(s, backend, gate_for(s, {"K": "app=sk-app,batch=sk-b"}, consume=store.consume, leases=leases))
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://router")
     return http, backend, store
 
@@ -203,6 +205,28 @@ def test_a_key_at_its_requests_in_flight_gets_429_until_one_ends():
     assert error["code"] == "concurrency_limit_exceeded" and "app has 2 requests in flight" in error["message"]
     assert [r.status_code for r in done] == [200, 200, 200] and after.status_code == 200
     assert held_at_end == 0, "every slot is given back once its answer is sent"
+
+
+def test_a_refusal_for_one_limit_spends_nothing_of_the_other():
+    """Refused for requests in flight: no request of the rate is spent. Refused for the rate: the slot is back."""
+
+    async def scenario():
+        http, backend, store = in_flight_client(limit=1, per_min=2)
+        async with http:
+            held = asyncio.create_task(chat_as(http, "sk-app"))
+            await asyncio.wait_for(until_held(store, 1), 5)
+            busy = [await chat_as(http, "sk-app") for _ in range(3)]
+            backend.release.set()
+            await held
+            second = await chat_as(http, "sk-app")
+            over_rate = await chat_as(http, "sk-app")
+            return busy, second, over_rate, store.held("key_concurrency", "app")
+
+    busy, second, over_rate, held_at_end = asyncio.run(scenario())
+    assert [r.json()["error"]["code"] for r in busy] == ["concurrency_limit_exceeded"] * 3
+    assert second.status_code == 200, "the three refused requests spent none of the two a minute"
+    assert over_rate.status_code == 429 and over_rate.json()["error"]["code"] == "rate_limit_exceeded"
+    assert held_at_end == 0, "a request refused for its rate gives its slot back"
 
 
 def test_a_stream_holds_its_slot_until_its_last_chunk():
