@@ -58,8 +58,8 @@ def process_titles(procs) -> list[tuple[int, str]]:
 def engine_core_of(replica, within_s: float = 30):
     """The replica's vLLM EngineCore process, looked for a while. vLLM titles it ``VLLM::EngineCore``, but CI runs
     have found it untitled (its command line still Python's ``spawn_main``, seen twice); then it is the replica's
-    one direct child started by multiprocessing's spawn (its worker is that child's child, the resource tracker is
-    not spawned). The assertion lists what the replica's tree held."""
+    one direct child started by multiprocessing's spawn (the resource tracker is not spawned; on the CPU the model
+    worker runs inside the engine core, ``engine.cpu_worker``). The assertion lists what the replica's tree held."""
     deadline = time.monotonic() + within_s
     while True:
         titles = process_titles(replica.children(recursive=True))
