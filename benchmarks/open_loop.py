@@ -13,6 +13,7 @@ import random
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -113,6 +114,20 @@ def router_seconds(log_text: str) -> dict[str, float]:
     """Request id -> seconds the router replica spent on it, from Serve's access lines in the fleet's log: the
     server's own view, without the client's and the proxy's share of a busy machine."""
     return {m.group(1): float(m.group(3)) / 1000 for m in ROUTER_ACCESS.finditer(log_text)}
+
+
+PROXY_ACCESS = re.compile(r" proxy \S+ (\S+) -- POST \S+ (\d+) ([\d.]+)ms")
+RAY_LOGS = "/tmp/ray"
+
+
+def proxy_seconds(ray_logs: str = RAY_LOGS) -> dict[str, float]:
+    """Request id -> seconds Serve's HTTP proxy spent on it (from receiving it to its last byte), from the proxy
+    access logs of every Ray session under ``ray_logs``: the whole server side, without the client's share."""
+    seconds: dict[str, float] = {}
+    for path in Path(ray_logs).glob("session_*/logs/serve/proxy_*.log"):
+        for m in PROXY_ACCESS.finditer(path.read_text(errors="replace")):
+            seconds[m.group(1)] = float(m.group(3)) / 1000
+    return seconds
 
 
 def split(outcomes: list[Outcome]) -> dict[str, list[Outcome]]:

@@ -8,7 +8,9 @@ One fleet (the default cut to smol, ``benchmarks.common.small_spec``), one run, 
 2. overload: open-loop Poisson arrivals at ``factor`` x that rate for ``seconds`` (``benchmarks.open_loop``).
 
 Printed: admitted p50/p99 next to saturation's and their ratio (target: p99 at most 2x), shed requests and their
-latency (target: each under 100 ms), timeouts and 5xx other than 503 (target: 0 each), and Retry-After values.
+latency (target: each under 100 ms), timeouts and 5xx other than 503 (target: 0 each), and Retry-After values;
+then the same requests as Serve's proxy and the router timed them (their access logs): the server's side alone,
+since on a 2-core machine the client's clock also counts its wait for a core.
 
 ``--kill``: instead of the overload, open-loop arrivals at 0.7 x capacity for ``--seconds`` (90 is the issue's
 form), and the model's replica process killed (SIGKILL) 30 s in. Printed: requests by outcome (target: 0 failed),
@@ -30,7 +32,7 @@ import httpx
 import yaml
 
 from benchmarks.common import ROOT, percentile, replica_process, running_fleet, small_spec
-from benchmarks.open_loop import Outcome, closed_loop, open_loop, router_seconds, split
+from benchmarks.open_loop import Outcome, closed_loop, open_loop, proxy_seconds, router_seconds, split
 
 BODY = {
     "model": "smol",
@@ -53,13 +55,18 @@ def ms(values: list[float], q: float) -> str:
 
 
 def server_view(outcomes: list[Outcome], log: Path) -> list[str]:
-    """The same requests as the router replica timed them (its access log), by how they ended."""
-    seconds = router_seconds(log.read_text(errors="replace"))
+    """The same requests as Serve's proxy (the whole server side) and the router replica timed them (their access
+    logs), by how they ended."""
+    views = {"proxy": proxy_seconds(), "router": router_seconds(log.read_text(errors="replace"))}
     groups = split(outcomes)
     lines = []
-    for name in ("served", "shed"):
-        found = [seconds[o.request_id] for o in groups[name] if o.request_id in seconds]
-        lines.append(f"  router-side {name}: {len(found)} found; p50 {ms(found, 50)}  p99 {ms(found, 99)}")
+    for side, seconds in views.items():
+        for name in ("served", "shed"):
+            found = [seconds[o.request_id] for o in groups[name] if o.request_id in seconds]
+            lines.append(
+                f"  {side}-side {name}: {len(found)} found; p50 {ms(found, 50)}  p99 {ms(found, 99)}  "
+                f"max {max(found, default=0) * 1000:.0f} ms"
+            )
     return lines
 
 
