@@ -9,6 +9,7 @@ shifting every later request. Shared by ``benchmarks/overload.py`` and the relia
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import re
 import time
@@ -32,6 +33,7 @@ class Outcome:
     retry_after: str | None = None
     code: str | None = None
     request_id: str | None = None  # Serve's x-request-id: finds the request in the fleet's access log
+    refusals: int = 0  # 429/503 answers before this outcome, each honoured by waiting its Retry-After (retries)
 
     @property
     def timed_out(self) -> bool:
@@ -46,6 +48,24 @@ def poisson_schedule(rate_per_s: float, duration_s: float, seed: int) -> list[fl
         if at >= duration_s:
             return times
         times.append(at)
+
+
+RETRY_STATUSES = (429, 503)
+
+
+async def _send_retrying(
+    http: httpx.AsyncClient, url: str, body: dict[str, Any], due: float, start: float, *, retries: int
+) -> Outcome:
+    """As a client like the official ``openai`` package does (2 retries by default): a 429/503 is sent again after
+    its ``Retry-After``, up to ``retries`` times. Latency counts from the first send."""
+    first = time.monotonic()
+    for refusals in range(retries + 1):
+        outcome = await _send(http, url, body, due, start)
+        if outcome.status not in RETRY_STATUSES or refusals == retries:
+            break
+        await asyncio.sleep(float(outcome.retry_after or 1))
+    total = time.monotonic() - first
+    return dataclasses.replace(outcome, latency_s=total, sent_late_s=first - start - due, refusals=refusals)
 
 
 async def _send(http: httpx.AsyncClient, url: str, body: dict[str, Any], due: float, start: float) -> Outcome:
@@ -73,9 +93,17 @@ async def _send(http: httpx.AsyncClient, url: str, body: dict[str, Any], due: fl
 
 
 async def open_loop(
-    url: str, body: dict[str, Any], rate_per_s: float, duration_s: float, *, seed: int = 0, timeout_s: float = 120
+    url: str,
+    body: dict[str, Any],
+    rate_per_s: float,
+    duration_s: float,
+    *,
+    seed: int = 0,
+    timeout_s: float = 120,
+    retries: int = 0,
 ) -> list[Outcome]:
-    """POST ``body`` to ``url`` at Poisson arrivals of ``rate_per_s`` for ``duration_s``; every outcome."""
+    """POST ``body`` to ``url`` at Poisson arrivals of ``rate_per_s`` for ``duration_s``; every outcome (each
+    request's last, after up to ``retries`` re-sends of a 429/503 honouring its Retry-After)."""
     schedule = poisson_schedule(rate_per_s, duration_s, seed)
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
     async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as http:
@@ -84,7 +112,7 @@ async def open_loop(
             delay = start + due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(_send(http, url, body, due, start)))
+            tasks.append(asyncio.create_task(_send_retrying(http, url, body, due, start, retries=retries)))
         return list(await asyncio.gather(*tasks))
 
 

@@ -15,6 +15,8 @@ since on a 2-core machine the client's clock also counts its wait for a core.
 ``--kill``: instead of the overload, open-loop arrivals at 0.7 x capacity for ``--seconds`` (90 is the issue's
 form), and the model's replica process killed (SIGKILL) 30 s in. Printed: requests by outcome (target: 0 failed),
 and the time from the kill until ``/healthz`` says the model is ready again (back to full capacity).
+``--kill --retries 2``: each refused request is sent again after its ``Retry-After``, up to twice, as the official
+``openai`` client does by default; what still fails after that is what its users see.
 ``--kill --escalate``: the same on the whole default fleet (smol and its escalation target, big), calling the
 ``extract`` specialist, which escalates to big while smol is unavailable.
 """
@@ -116,19 +118,23 @@ async def kill_and_time_recovery(url: str, after_s: float) -> float:
                 return time.monotonic() - killed
 
 
-async def run_kill(url: str, seconds: float, saturation_s: float, body: dict) -> list[str]:
+async def run_kill(url: str, seconds: float, saturation_s: float, body: dict, retries: int) -> list[str]:
     chat = f"{url}/v1/chat/completions"
     sat_rate, _ = await closed_loop(chat, body, concurrent_seqs(), saturation_s)
     rate = 0.7 * sat_rate
-    load = asyncio.create_task(open_loop(chat, body, rate, seconds, seed=2))
+    load = asyncio.create_task(open_loop(chat, body, rate, seconds, seed=2, retries=retries))
     recovery_s = await kill_and_time_recovery(url, 30)
-    groups = split(await load)
+    outcomes = await load
+    groups = split(outcomes)
+    retried = [o for o in groups["served"] if o.refusals]
     return [
         f"model {body['model']!r}: capacity {sat_rate:.2f} req/s; offered {rate:.2f} req/s for {seconds:.0f} s; "
-        "smol's replica killed at 30 s",
-        f"served {len(groups['served'])}, refused (503/429) {len(groups['shed'])}, timeouts {len(groups['timeouts'])}, "
+        f"smol's replica killed at 30 s; a refusal is retried after its Retry-After up to {retries} times",
+        f"served {len(groups['served'])} ({len(retried)} of them after a refusal), failed: refused (503/429) "
+        f"{len(groups['shed'])}, timeouts {len(groups['timeouts'])}, "
         f"other errors {collections.Counter(o.status for o in groups['other'])}",
-        f"refusal codes: {collections.Counter(o.code for o in groups['shed'])}",
+        f"refusals answered in all (retried or final): {sum(o.refusals for o in outcomes) + len(groups['shed'])}; "
+        f"final refusal codes: {collections.Counter(o.code for o in groups['shed'])}",
         f"from the kill to smol ready again: {recovery_s:.1f} s",
     ]
 
@@ -140,12 +146,18 @@ def main() -> None:
     parser.add_argument("--factor", type=float, default=2.0, help="offered rate / saturation rate (default 2)")
     parser.add_argument("--kill", action="store_true", help="0.7x load and the replica killed 30 s in instead")
     parser.add_argument("--escalate", action="store_true", help="with --kill: the default fleet, an escalating call")
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=0,
+        help="with --kill: re-send a 429/503 after its Retry-After up to this many times (the openai client: 2)",
+    )
     args = parser.parse_args()
     started, work = time.monotonic(), Path(tempfile.mkdtemp(prefix="slmfleet-overload-"))
     if args.kill:
         spec, body = (ROOT / "fleet.yaml", EXTRACT_BODY) if args.escalate else (None, BODY)
         with running_fleet(work=work, spec=spec) as url:
-            print("\n".join(asyncio.run(run_kill(url, args.seconds, args.saturation_seconds, body))))
+            print("\n".join(asyncio.run(run_kill(url, args.seconds, args.saturation_seconds, body, args.retries))))
         print(f"wall {time.monotonic() - started:.0f} s")
         return
     with running_fleet(work=work) as url:
