@@ -29,10 +29,20 @@ STALE_LIMIT_S = 30.0
 FAILED_STATUSES = frozenset({"DEPLOY_FAILED"})
 
 
+def _deployment(details: Mapping[str, Any], model: str) -> Mapping[str, Any] | None:
+    app = model_deployment_name(model)
+    return (details.get("applications", {}).get(app) or {}).get("deployments", {}).get(app)
+
+
+def model_replicas(details: Mapping[str, Any], model: str) -> list[Mapping[str, Any]]:
+    """The model deployment's replicas in Serve's details (state, id, start time), none when it has no app."""
+    return list((_deployment(details, model) or {}).get("replicas", []))
+
+
 def model_health(details: Mapping[str, Any], model: str) -> dict[str, Any]:
     """One model's state from Serve's instance details (``ServeInstanceDetails`` as a dict)."""
     app = model_deployment_name(model)
-    deployment = (details.get("applications", {}).get(app) or {}).get("deployments", {}).get(app)
+    deployment = _deployment(details, model)
     if deployment is None:
         return {"state": "down", "running": 0, "target": 0, "detail": f"Serve has no app '{app}'"}
     running = sum(1 for replica in deployment.get("replicas", []) if replica.get("state") == "RUNNING")

@@ -11,6 +11,7 @@ import asyncio
 import functools
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, replace
@@ -42,12 +43,19 @@ from deployments.router.api import build_api
 from deployments.router.auth_gate import CALLER_PRIORITY, AuthGate, gate_for
 from deployments.router.endpoint_backend import EndpointCaller
 from deployments.router.escalation_budget import EscalationBudget, budget_from_spec
-from deployments.router.fleet_health import ServeDetailsCache, external_health, fleet_health, model_health
+from deployments.router.fleet_health import (
+    ServeDetailsCache,
+    external_health,
+    fleet_health,
+    model_health,
+    model_replicas,
+)
 from deployments.router.periodic_read import PeriodicRead
 from deployments.router.promotion_routes import PromotionAdmin
 from deployments.router.promotions import PROMOTIONS_NAMESPACE, PromotionRouting, TaskMatcher, promotions_from
 from deployments.router.refusal_memo import RefusalMemo
 from deployments.router.spec_adapter_probes import SpecAdapterProbes
+from deployments.router.start_times import StartTimes
 from deployments.router.usage_log import UsageLog, UsageRecorder, stream_name
 
 log = logging.getLogger(__name__)
@@ -89,6 +97,7 @@ class ServeBackend:
         self._wakes: dict[str, asyncio.Task[None]] = {}
         self.objectives = objectives or {}
         self.refusals = RefusalMemo()
+        self.start_times = StartTimes()  # how long this model's replicas took to start: a refusal's Retry-After
         self.usage: UsageRecorder | None = None  # records opted-in LLM-tier calls (see usage_log)
         # why a specialist may not be served (a spec adapter that failed its probe), None when it may
         self.adapter_check: Callable[[str | None, str], Awaitable[str | None]] | None = None  # (specialist, model)
@@ -184,7 +193,7 @@ class ServeBackend:
                 response.cancel()  # the replica's generator is cancelled and vLLM aborts the request
                 raise
             except BackPressureError as exc:
-                yield _at_capacity(model, exc)
+                yield await self._refused_at_handle(model, exc)
                 return
             except (*REPLICA_LOST, DeploymentUnavailableError) as exc:
                 lost = _replica_lost(model, exc)
@@ -224,6 +233,8 @@ class ServeBackend:
         """Each model's state from Serve's controller (:mod:`deployments.router.fleet_health`): no model is
         called, so a probe never wakes one that scaled to zero. A model behind an endpoint is ``external``."""
         details, _ = await self.serve_details.get()
+        for model in self.handles:
+            self.start_times.observe(model, model_replicas(details, model), time.time())
         external = {model: external_health(endpoint) for model, endpoint in self.endpoints.items()}
         return {**fleet_health(details, list(self.handles)), **external}
 
@@ -237,6 +248,7 @@ class ServeBackend:
         try:
             details, _ = await self.serve_details.get()
             report = model_health(details, model)
+            self.start_times.observe(model, model_replicas(details, model), time.time())
         except Exception as exc:  # the controller did not answer: the call goes ahead and waits if it must
             log.warning("readiness check for model %s failed: %r", model, exc)
             return None
@@ -261,6 +273,9 @@ class ServeBackend:
         if self._controller is None:
             from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 
+            if not ray.is_initialized():  # outside a Ray worker: get_actor would start a local Ray of its own
+                raise RuntimeError("not running in Ray: Serve's controller cannot be asked")
+
             self._controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
         return await self._controller.get_serve_instance_details.remote()
 
@@ -271,12 +286,35 @@ class ServeBackend:
         except Exception as exc:
             log.warning("waking model %s failed: %r", model, exc)
 
+    async def _refused_at_handle(self, model: str, exc: Exception) -> GenerationResult:
+        """The handle's queue for ``model`` is full. With no running replica (one is being started) the refusal
+        says when it is expected, as its Retry-After (:mod:`start_times`); else it is plain back-pressure."""
+        log.warning("model %s refused a request at its handle: %r", model, exc)
+        retry_after = await self._start_expected_in(model)
+        if retry_after is None:
+            return failure(model, "overloaded", f"model '{model}' is at capacity; retry later")
+        message = f"model '{model}' has no running replica and its queue is full; one is expected in {retry_after} s"
+        return failure(model, "overloaded", message, retry_after, expected_wait_s=float(retry_after))
+
+    async def _start_expected_in(self, model: str) -> int | None:
+        """When ``model`` has no running replica: whole seconds until its start is expected to end (None when
+        one runs, or when Serve's details cannot be read)."""
+        try:
+            details, _ = await self.serve_details.get()
+        except Exception:  # no details: the refusal goes out without an estimate
+            return None
+        replicas, now = model_replicas(details, model), time.time()
+        self.start_times.observe(model, replicas, now)
+        if any(replica.get("state") == "RUNNING" for replica in replicas):
+            return None
+        return self.start_times.retry_after_s(model, replicas, now)
+
     async def _with_retry(self, model: str, call: Callable[[], Awaitable[GenerationResult]]) -> GenerationResult:
         for attempt in range(2):
             try:
                 result = await call()
             except BackPressureError as exc:
-                return _at_capacity(model, exc)
+                return await self._refused_at_handle(model, exc)
             except (*REPLICA_LOST, DeploymentUnavailableError) as exc:
                 result = _replica_lost(model, exc)
             if not retry_once(attempt, result):
@@ -316,11 +354,6 @@ def _whole(result: GenerationResult, request: GenerationRequest) -> GenerationRe
         return result
     extra = {**result.extra, "resumed_after_chars": len(request.continue_from)}
     return replace(result, text=request.continue_from + result.text, extra=extra)
-
-
-def _at_capacity(model: str, exc: Exception) -> GenerationResult:
-    log.warning("model %s refused a request at its handle: %r", model, exc)
-    return failure(model, "overloaded", f"model '{model}' is at capacity; retry later")
 
 
 def _replica_lost(model: str, exc: Exception) -> GenerationResult:
