@@ -18,6 +18,7 @@ and a kustomization.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from cluster.deploy_options import node_resources
@@ -92,6 +93,19 @@ def _secret_env(name: str, secret: str, key: str, *, optional: bool) -> dict[str
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": optional}}}
 
 
+ENDPOINT_SWITCH_MARGIN_S = 30
+"""Time for the Service's endpoints to move to the new cluster everywhere (kube-proxy, load balancers) before the
+old cluster's last request starts its clock."""
+
+
+def upgrade_drain_s(spec: FleetSpec) -> int:
+    """How long KubeRay keeps the old cluster after a ``NewCluster`` upgrade switched traffic away from it (its
+    default, 60 s, would cut a stream allowed ``stream_timeout_s``): the longest request or stream the router allows,
+    plus :data:`ENDPOINT_SWITCH_MARGIN_S`."""
+    longest = max(spec.server.request_timeout_s, spec.server.stream_timeout_s)
+    return math.ceil(longest) + ENDPOINT_SWITCH_MARGIN_S
+
+
 def build_rayservice(spec: FleetSpec, plan: Plan) -> dict[str, Any]:
     """The RayService custom resource (ray.io/v1)."""
     return {
@@ -101,6 +115,8 @@ def build_rayservice(spec: FleetSpec, plan: Plan) -> dict[str, Any]:
         "spec": {
             # A cluster-level change (pods, groups) starts a second cluster and switches traffic once it serves.
             "upgradeStrategy": {"type": "NewCluster"},
+            # ... and the old cluster lives on until its requests in flight could have finished
+            "rayClusterDeletionDelaySeconds": upgrade_drain_s(spec),
             "serveService": serve_service(spec),
             "serveConfigV2": dump_yaml(build_serve_config(spec, plan)),
             "rayClusterConfig": {

@@ -560,3 +560,14 @@ def test_lora_capacity_is_an_engine_argument_and_the_probe_threshold_is_not(prod
     raw["models"][name]["lora"]["max_loras"] = 2
     resized = parse_spec(raw)
     assert serve_apps(resized, plan)[f"model-{name}"]["args"]["spec"]["lora"]["max_loras"] == 2
+
+
+def test_an_upgrade_keeps_the_old_cluster_until_its_longest_request_could_end(production, rayservice_doc) -> None:
+    """KubeRay deletes the old cluster of a NewCluster upgrade ``rayClusterDeletionDelaySeconds`` after the switch
+    (60 s by default): the render keeps it past the longest stream or request the router allows."""
+    spec, plan = production
+    server = spec.server
+    longest = max(server.request_timeout_s, server.stream_timeout_s)
+    assert rayservice_doc["spec"]["rayClusterDeletionDelaySeconds"] >= longest + 30
+    patient = spec.model_copy(update={"server": server.model_copy(update={"stream_timeout_s": 900.5})})
+    assert render.build_rayservice(patient, plan)["spec"]["rayClusterDeletionDelaySeconds"] == 931
