@@ -3,10 +3,12 @@ default) or in a process of its own (``own_process``, vLLM's layout on the CPU).
 
 Run by hand: ``.venv/bin/python -m benchmarks.cpu_worker [--rounds 2] [--tokens 32]``.
 Each measurement is a fresh Python process that starts one real SmolLM2 engine with the default fleet's ``smol``
-settings, the layouts alternating (ABAB...), so both see the same machine. Per layout: engine start-up (from
-``AsyncLLM`` creation to ready; imports excluded), the resident memory of the whole process tree once warm, and
-output tokens/s of greedy chats of exactly ``--tokens`` tokens at concurrency 8 and 32. Printed: each run, the
-medians per layout and the ratios in_process/own_process.
+settings, the layouts alternating (ABAB...), so both see the same machine. Both decode on the same number of
+OpenMP threads (vLLM's own worker gets every core but one; ``ChatEngine.start`` gives an engine core holding the
+worker the same). Per layout: engine start-up (from ``AsyncLLM`` creation to ready; imports excluded), output
+tokens/s of greedy chats of exactly ``--tokens`` tokens at concurrency 8 and 32, the CPU time the process tree
+spent per 1,000 of those tokens, and its unique memory (USS: pages no other process shares) once warm. Printed:
+each run, the medians per layout and the ratios in_process/own_process.
 """
 
 from __future__ import annotations
@@ -51,16 +53,24 @@ def measure(layout: str, tokens: int) -> dict[str, float]:
             return tally.completion_tokens
 
         await chat(0)  # warm-up: the first passes are slower
+        tree = [psutil.Process(), *psutil.Process().children(recursive=True)]
+        cpu_before, tokens = cpu_seconds(tree), 0
         for concurrency in CONCURRENCY:
             begun = time.perf_counter()
             done = sum(await asyncio.gather(*(chat(i) for i in range(concurrency))))
             result[f"tok_s_c{concurrency}"] = done / (time.perf_counter() - begun)
-        me = psutil.Process()
-        result["rss_gib"] = sum(p.memory_info().rss for p in [me, *me.children(recursive=True)]) / 2**30
+            tokens += done
+        result["cpu_s_per_1k_tok"] = (cpu_seconds(tree) - cpu_before) / tokens * 1000
+        result["uss_gib"] = sum(p.memory_full_info().uss for p in tree) / 2**30
         engine.engine.shutdown()
         return result
 
     return asyncio.run(run())
+
+
+def cpu_seconds(processes: list) -> float:
+    """User and system CPU time of these processes so far (every thread): work done, whether useful or waiting."""
+    return sum(p.cpu_times().user + p.cpu_times().system for p in processes)
 
 
 def one_run(layout: str, tokens: int) -> dict[str, float]:

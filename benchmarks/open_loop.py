@@ -56,8 +56,10 @@ RETRY_STATUSES = (429, 503)
 async def _send_retrying(
     http: httpx.AsyncClient, url: str, body: dict[str, Any], due: float, start: float, *, retries: int
 ) -> Outcome:
-    """As a client like the official ``openai`` package does (2 retries by default): a 429/503 is sent again after
-    its ``Retry-After``, up to ``retries`` times. Latency counts from the first send."""
+    """A 429/503 is sent again after its ``Retry-After``, up to ``retries`` times: the part of the official
+    ``openai`` client's policy (2 retries by default) that applies to refusals; it also retries 408, 409 and other
+    5xx, which a run here counts as failures, and gives up on a ``Retry-After`` over 120 s, which the fleet never
+    sends. Latency counts from the first send."""
     first = time.monotonic()
     for refusals in range(retries + 1):
         outcome = await _send(http, url, body, due, start)

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +87,31 @@ def _worker_in_engine_core(model: ModelSpec, options: dict[str, Any]) -> bool:
     )
 
 
+def cpu_worker_threads() -> int:
+    """The OpenMP threads vLLM gives its own CPU worker process: every core this process may run on but one, which
+    is left to the engine core's scheduling loop."""
+    return max(1, len(os.sched_getaffinity(0)) - 1)
+
+
+@contextmanager
+def _engine_core_threads(args: AsyncEngineArgs) -> Iterator[None]:
+    """With the worker inside the engine core, vLLM's OpenMP set-up of a worker process does not run, and the engine
+    core would inherit this replica's ``OMP_NUM_THREADS`` (Ray sets it to the replica's ``num_cpus``: 1), so it
+    would decode on one thread on any host. It gets what vLLM gives its own worker (:func:`cpu_worker_threads`)."""
+    if args.distributed_executor_backend is not UniProcExecutor:
+        yield
+        return
+    before = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = str(cpu_worker_threads())
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = before
+
+
 @dataclass
 class GenerationTally:
     """Running totals of one generation, filled from the engine's delta outputs."""
@@ -123,7 +150,9 @@ class ChatEngine:
     @classmethod
     def start(cls, model_path: str, model: ModelSpec, overrides: dict[str, Any] | None = None) -> ChatEngine:
         args = engine_args(model_path, model, overrides)
-        return cls(AsyncLLM.from_engine_args(args), model.max_model_len)
+        with _engine_core_threads(args):  # the engine-core process starts (and takes its environment) in here
+            engine = AsyncLLM.from_engine_args(args)
+        return cls(engine, model.max_model_len)
 
     def prompt_ids(self, call: EngineCall) -> list[int]:
         """The chat-templated prompt; tools go through the template when it knows them, else the documented

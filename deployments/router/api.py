@@ -239,7 +239,11 @@ async def _admit(gate: AuthGate, identity: str | None) -> tuple[Response | None,
     leave = await gate.enter(identity)
     if leave is None:
         return _too_many_in_flight(gate, identity or ""), nothing_to_leave
-    wait = await gate.over_quota(identity) if identity is not None else None
+    try:
+        wait = await gate.over_quota(identity) if identity is not None else None
+    except BaseException:  # cancelled (the client left) while the store answered: the slot is not kept
+        await leave()
+        raise
     if wait is None:
         return None, leave
     await leave()

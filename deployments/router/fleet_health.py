@@ -118,6 +118,14 @@ class ServeDetailsCache:
                 raise self._error or TimeoutError("Serve's controller gave no details")
         return self._details, self._clock() - self._at
 
+    def latest(self) -> tuple[Mapping[str, Any], float] | None:
+        """(details, their age) at once, as :meth:`get` would serve them, or None where it would wait; a refresh
+        starts when they are older than :data:`DETAILS_TTL_S`. For answers that must not wait on the controller."""
+        age = self._clock() - self._at
+        if age > DETAILS_TTL_S and (self._refreshing is None or self._refreshing.done()):
+            self._refreshing = asyncio.create_task(self._refresh())
+        return None if self._details is None or age > STALE_LIMIT_S else (self._details, age)
+
     async def _refresh(self) -> None:
         try:
             self._details = await asyncio.wait_for(self._fetch(), DETAILS_TIMEOUT_S)

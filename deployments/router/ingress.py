@@ -193,7 +193,7 @@ class ServeBackend:
                 response.cancel()  # the replica's generator is cancelled and vLLM aborts the request
                 raise
             except BackPressureError as exc:
-                yield await self._refused_at_handle(model, exc)
+                yield self._refused_at_handle(model, exc)
                 return
             except (*REPLICA_LOST, DeploymentUnavailableError) as exc:
                 lost = _replica_lost(model, exc)
@@ -232,9 +232,9 @@ class ServeBackend:
     async def health(self) -> dict[str, dict[str, Any]]:
         """Each model's state from Serve's controller (:mod:`deployments.router.fleet_health`): no model is
         called, so a probe never wakes one that scaled to zero. A model behind an endpoint is ``external``."""
-        details, _ = await self.serve_details.get()
+        details, age = await self.serve_details.get()
         for model in self.handles:
-            self.start_times.observe(model, model_replicas(details, model), time.time())
+            self.start_times.observe(model, model_replicas(details, model), time.time() - age)
         external = {model: external_health(endpoint) for model, endpoint in self.endpoints.items()}
         return {**fleet_health(details, list(self.handles)), **external}
 
@@ -246,9 +246,9 @@ class ServeBackend:
         if model in self.endpoints:
             return None
         try:
-            details, _ = await self.serve_details.get()
+            details, age = await self.serve_details.get()
             report = model_health(details, model)
-            self.start_times.observe(model, model_replicas(details, model), time.time())
+            self.start_times.observe(model, model_replicas(details, model), time.time() - age)
         except Exception as exc:  # the controller did not answer: the call goes ahead and waits if it must
             log.warning("readiness check for model %s failed: %r", model, exc)
             return None
@@ -286,25 +286,25 @@ class ServeBackend:
         except Exception as exc:
             log.warning("waking model %s failed: %r", model, exc)
 
-    async def _refused_at_handle(self, model: str, exc: Exception) -> GenerationResult:
+    def _refused_at_handle(self, model: str, exc: Exception) -> GenerationResult:
         """The handle's queue for ``model`` is full. With no running replica (one is being started) the refusal
         says when it is expected, as its Retry-After (:mod:`start_times`); else it is plain back-pressure."""
         log.warning("model %s refused a request at its handle: %r", model, exc)
-        retry_after = await self._start_expected_in(model)
+        retry_after = self._start_expected_in(model)
         if retry_after is None:
             return failure(model, "overloaded", f"model '{model}' is at capacity; retry later")
         message = f"model '{model}' has no running replica and its queue is full; one is expected in {retry_after} s"
         return failure(model, "overloaded", message, retry_after, expected_wait_s=float(retry_after))
 
-    async def _start_expected_in(self, model: str) -> int | None:
+    def _start_expected_in(self, model: str) -> int | None:
         """When ``model`` has no running replica: whole seconds until its start is expected to end (None when
-        one runs, or when Serve's details cannot be read)."""
-        try:
-            details, _ = await self.serve_details.get()
-        except Exception:  # no details: the refusal goes out without an estimate
+        one runs, or when no recent details of Serve's are at hand: a refusal never waits for the controller)."""
+        latest = self.serve_details.latest()
+        if latest is None:
             return None
+        details, age = latest
         replicas, now = model_replicas(details, model), time.time()
-        self.start_times.observe(model, replicas, now)
+        self.start_times.observe(model, replicas, now - age)
         if any(replica.get("state") == "RUNNING" for replica in replicas):
             return None
         return self.start_times.retry_after_s(model, replicas, now)
@@ -314,7 +314,7 @@ class ServeBackend:
             try:
                 result = await call()
             except BackPressureError as exc:
-                return await self._refused_at_handle(model, exc)
+                return self._refused_at_handle(model, exc)
             except (*REPLICA_LOST, DeploymentUnavailableError) as exc:
                 result = _replica_lost(model, exc)
             if not retry_once(attempt, result):

@@ -18,36 +18,46 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_START_S = 30.0
-"""A replica start before any was seen: about a cold start of the bundled model on a small CPU host (20-30 s
+"""A replica start before any was seen: about a cold start of the bundled model on a small CPU host (20-35 s
 measured, docs/benchmarks.md)."""
+SIGHTING_GAP_S = 5.0
+"""A start is learned only when the read that finds the replica RUNNING came at most this long after one that found
+it STARTING: reads are sparse when nothing asks, and a start seen an hour apart would teach an hour."""
+MAX_RETRY_AFTER_S = 120
+"""The official ``openai`` client does not retry at all past a ``Retry-After`` of 120 s."""
 
 
 @dataclass
 class StartTimes:
-    """Per model: its replicas seen starting (id -> Serve's start time) and the last start seen through."""
+    """Per model: its replicas seen STARTING (id -> Serve's start time, when last seen so) and its last start."""
 
-    starting: dict[str, dict[str, float]] = field(default_factory=dict)
+    starting: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
     last_start_s: dict[str, float] = field(default_factory=dict)
 
-    def observe(self, model: str, replicas: Sequence[Mapping[str, Any]], now: float) -> None:
-        """Note the replicas not yet RUNNING, and the start of each one seen starting that now runs."""
+    def observe(self, model: str, replicas: Sequence[Mapping[str, Any]], read_at: float) -> None:
+        """Note the replicas STARTING in a read of Serve's details made at ``read_at`` (wall clock), and learn the
+        start of each one seen STARTING in the read before that now runs."""
         seen, still = self.starting.get(model, {}), {}
         for replica in replicas:
             replica_id, started = replica.get("replica_id"), replica.get("start_time_s")
             if replica_id is None or started is None:
                 continue
-            if replica.get("state") != "RUNNING":
-                still[replica_id] = float(started)
-            elif replica_id in seen:
-                self.last_start_s[model] = max(0.0, now - seen[replica_id])
+            if replica.get("state") == "STARTING":
+                still[replica_id] = (float(started), read_at)
+            elif replica.get("state") == "RUNNING" and replica_id in seen:
+                began, last_seen = seen[replica_id]
+                if read_at - last_seen <= SIGHTING_GAP_S:
+                    self.last_start_s[model] = max(0.0, read_at - began)
         self.starting[model] = still
 
     def retry_after_s(self, model: str, replicas: Sequence[Mapping[str, Any]], now: float) -> int:
-        """Whole seconds until the model's start furthest along is expected to run (at least 1)."""
+        """Whole seconds until the model's start furthest along is expected to run (1 to :data:`MAX_RETRY_AFTER_S`);
+        replicas stopping or updating are not starts."""
         expected = self.last_start_s.get(model, DEFAULT_START_S)
         under_way = [
             now - float(r["start_time_s"])
             for r in replicas
-            if r.get("state") != "RUNNING" and r.get("start_time_s") is not None
+            if r.get("state") == "STARTING" and r.get("start_time_s") is not None
         ]
-        return max(1, math.ceil(expected - (max(under_way) if under_way else 0.0)))
+        left = expected - (max(under_way) if under_way else 0.0)
+        return min(MAX_RETRY_AFTER_S, max(1, math.ceil(left)))

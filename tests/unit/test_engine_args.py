@@ -44,3 +44,25 @@ def test_an_unknown_cpu_worker_names_its_field() -> None:
         model(engine={"cpu_worker": "threads"})
     assert "models.m.engine.cpu_worker" in str(caught.value)
     assert "in_process" in str(caught.value)
+
+
+def test_an_engine_core_holding_the_worker_gets_vllms_worker_threads(monkeypatch) -> None:
+    """Ray sets OMP_NUM_THREADS to a replica's num_cpus (1); the engine core the replica starts gets every core but
+    one instead, as vLLM's own worker process would, and the replica's value is back afterwards."""
+    from deployments.model import engine
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setattr(engine.os, "sched_getaffinity", lambda _pid: set(range(16)))
+    seen = {}
+    for layout in ("in_process", "own_process"):
+        with engine._engine_core_threads(engine.engine_args("/models/m", model(engine={"cpu_worker": layout}))):
+            seen[layout] = engine.os.environ["OMP_NUM_THREADS"]
+    assert seen == {"in_process": "15", "own_process": "1"}
+    assert engine.os.environ["OMP_NUM_THREADS"] == "1"
+
+
+def test_a_one_core_host_still_gets_a_thread(monkeypatch) -> None:
+    from deployments.model import engine
+
+    monkeypatch.setattr(engine.os, "sched_getaffinity", lambda _pid: {0})
+    assert engine.cpu_worker_threads() == 1
