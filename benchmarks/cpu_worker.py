@@ -54,13 +54,13 @@ def measure(layout: str, tokens: int) -> dict[str, float]:
 
         await chat(0)  # warm-up: the first passes are slower
         tree = [psutil.Process(), *psutil.Process().children(recursive=True)]
-        cpu_before, tokens = cpu_seconds(tree), 0
+        cpu_before, decoded = cpu_seconds(tree), 0
         for concurrency in CONCURRENCY:
             begun = time.perf_counter()
             done = sum(await asyncio.gather(*(chat(i) for i in range(concurrency))))
             result[f"tok_s_c{concurrency}"] = done / (time.perf_counter() - begun)
-            tokens += done
-        result["cpu_s_per_1k_tok"] = (cpu_seconds(tree) - cpu_before) / tokens * 1000
+            decoded += done
+        result["cpu_s_per_1k_tok"] = (cpu_seconds(tree) - cpu_before) / decoded * 1000
         result["uss_gib"] = sum(p.memory_full_info().uss for p in tree) / 2**30
         engine.engine.shutdown()
         return result

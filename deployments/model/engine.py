@@ -76,8 +76,8 @@ def engine_args(model_path: str, model: ModelSpec, overrides: dict[str, Any] | N
 
 def _worker_in_engine_core(model: ModelSpec, options: dict[str, Any]) -> bool:
     """On the CPU, vLLM turns the ``"uni"`` executor into ``"mp"``: a worker process of its own, bound by OpenMP to
-    the cores the engine core leaves free. On a small host that third process costs about 8 s of start-up (it
-    imports torch and vLLM again) and 0.8 GiB, and its hand-offs with the engine core slow decoding (measured:
+    the cores the engine core leaves free. That third process costs about 8 s of start-up (it imports torch and vLLM
+    again), 0.5 GiB, and twice the CPU time per token, spent by the two processes waiting on each other (measured:
     docs/benchmarks.md, "vLLM's CPU worker"). Naming the executor class runs the worker inside the engine core."""
     return (
         current_platform.is_cpu()
