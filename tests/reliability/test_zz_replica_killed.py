@@ -168,7 +168,9 @@ def test_killed_replica_loses_no_request_and_is_replaced(fleet):
     assert cut, "no stream had sent text when the replica died: resumption was not tested"
     for stream in cut:
         assert stream.resumed_after is not None, "a stream cut after text left was not resumed"
-        assert stream.text.startswith(stream.text_at_kill) and len(stream.text) > stream.resumed_after
+        # the text sent before the cut is all there; the resumed part may be empty when the kill fell after the
+        # answer's last text and before its finish (continued text after a cut is asserted in test_stream_resume.py)
+        assert stream.text.startswith(stream.text_at_kill) and len(stream.text) >= stream.resumed_after
     # a figure, not an assertion here: that a resumed greedy stream equals the uncut answer is asserted in
     # test_stream_resume.py, where the cut is placed exactly rather than wherever the kill lands
     uncut = next(e.text for e in after if e.kind == "stream")
